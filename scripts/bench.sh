@@ -1,0 +1,12 @@
+#!/bin/sh
+# Run herald's benchmarks and print medians of several runs.
+#   scripts/bench.sh BUILD_DIR     (make bench calls it with "build")
+# BENCH_RUNS (default 5) sets the number of runs per figure.
+set -eu
+build=${1:-build}
+runs=${BENCH_RUNS:-5}
+echo "# machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "# command: $build/bench/bus_bench --runs $runs"
+"$build/bench/bus_bench" --runs "$runs" --dir "$build/bench-data"
+rm -rf "$build/bench-data"

@@ -1,0 +1,165 @@
+/*
+ * bus.h - the event bus: producers append records to topics, consumer groups
+ * read them back in order and commit how far they got.
+ *
+ * The interface follows Kafka's model so that the embedded SQLite backend
+ * (default, DATA_DIR/bus.db) and the Kafka backend (librdkafka) are
+ * interchangeable: topics, records with a key, a value and headers, offsets
+ * that grow within a topic, consumer groups with committed offsets and an
+ * auto.offset.reset rule applied only when a group has no committed offset.
+ *
+ * Embedded backend specifics (see sqlite_log.h for the transactional API):
+ *  - one partition per topic (partition is always 0); offsets are the
+ *    log's global sequence, so they grow within a topic but are not dense;
+ *  - a committed offset is the NEXT offset to read, as in Kafka.
+ *
+ * Threads: a producer or a consumer is used by one thread at a time;
+ * bus_consumer_wakeup() alone may be called from any thread or a signal
+ * handler.
+ */
+#ifndef HERALD_BUS_H
+#define HERALD_BUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- values ----------------------------------------------------------- */
+
+/* One record header: a name and an arbitrary byte value. */
+typedef struct bus_header {
+    const char *name;
+    const char *value;
+    size_t value_len;
+} bus_header;
+
+/* A record to publish. key may be NULL (no key). Borrowed by bus calls. */
+typedef struct bus_record {
+    const char *topic;
+    const char *key;
+    size_t key_len;
+    const char *value;
+    size_t value_len;
+    const bus_header *headers;
+    size_t header_count;
+} bus_record;
+
+#define BUS_RECORD_INIT {NULL, NULL, 0, NULL, 0, NULL, 0}
+
+/*
+ * A consumed record. Every pointer points into memory owned by the consumer
+ * and stays valid until its next poll or close. key and value are also
+ * NUL-terminated (key is NULL when the record has none).
+ */
+typedef struct bus_message {
+    const char *topic;
+    int32_t partition;
+    int64_t offset;
+    int64_t timestamp_ms; /* when the record was appended */
+    const char *key;
+    size_t key_len;
+    const char *value;
+    size_t value_len;
+    const unsigned char *headers; /* encoded; read with bus_message_header() */
+    size_t headers_len;
+} bus_message;
+
+/*
+ * Find header name in m. Returns 1 and sets *value and *len (pointing into the
+ * message) when present, else 0.
+ */
+int bus_message_header(const bus_message *m, const char *name, const char **value, size_t *len);
+
+/* ---- configuration ---------------------------------------------------- */
+
+enum bus_kind { BUS_SQLITE = 0 };
+
+typedef struct bus_config {
+    enum bus_kind kind;
+    const char *data_dir;   /* embedded: the log is data_dir/bus.db */
+    int64_t retention_ms;   /* delete events older than this; <= 0 keeps all */
+    int synchronous_full;   /* 1: fsync every commit (SQLite synchronous=FULL);
+                               0: NORMAL (survives kill -9, not power loss) */
+} bus_config;
+
+/* Defaults: sqlite, "./herald-data", 7 days, synchronous FULL. */
+#define BUS_DEFAULT_RETENTION_MS (7LL * 24 * 3600 * 1000)
+#define BUS_CONFIG_INIT {BUS_SQLITE, "./herald-data", BUS_DEFAULT_RETENTION_MS, 1}
+
+/*
+ * Parse a HERALD_BUS value into cfg->kind: "sqlite" (or empty). Returns 0,
+ * or -1 with err filled naming the bad value.
+ */
+int bus_config_set_url(bus_config *cfg, const char *url, char *err, size_t errlen);
+
+/* Topic names: 1..249 characters of [A-Za-z0-9._-], as in Kafka. */
+int bus_topic_name_valid(const char *topic);
+
+/* ---- producer --------------------------------------------------------- */
+
+typedef struct bus_producer bus_producer;
+
+/* Open a producer. Returns NULL with err filled on failure. */
+bus_producer *bus_producer_open(const bus_config *cfg, char *err, size_t errlen);
+
+/*
+ * Publish n records atomically: either all are durably appended or none
+ * (embedded: one SQLite transaction). offsets (may be NULL) receives each
+ * record's offset. Returns 0, or -1 with err filled.
+ */
+int bus_produce(bus_producer *p, const bus_record *records, size_t n, int64_t *offsets,
+                char *err, size_t errlen);
+
+/* Close the producer; NULL is a no-op. */
+void bus_producer_close(bus_producer *p);
+
+/* ---- consumer --------------------------------------------------------- */
+
+enum bus_offset_reset { BUS_RESET_EARLIEST = 0, BUS_RESET_LATEST };
+
+typedef struct bus_subscription {
+    const char *group_id;        /* NULL: read without a group (nothing is
+                                    committed, reset rule always applies) */
+    const char *const *topics;   /* explicit topic names, or ... */
+    size_t topic_count;
+    const char *pattern;         /* ... a POSIX extended regex over topic
+                                    names, e.g. "^.*-events$"; new topics
+                                    that match are picked up while running */
+    enum bus_offset_reset reset; /* used only without a committed offset */
+    size_t max_batch;            /* most messages per poll; 0 means 1000 */
+} bus_subscription;
+
+#define BUS_SUBSCRIPTION_INIT {NULL, NULL, 0, NULL, BUS_RESET_EARLIEST, 0}
+
+typedef struct bus_consumer bus_consumer;
+
+/* Open a consumer with its subscription (copied). NULL + err on failure. */
+bus_consumer *bus_consumer_open(const bus_config *cfg, const bus_subscription *sub, char *err,
+                                size_t errlen);
+
+/*
+ * Wait up to timeout_ms (0: don't wait, <0: forever) for records and return
+ * a batch of at most max_batch in *msgs / *count (count 0 on timeout or
+ * wakeup). Records of one topic come in offset order. The batch stays valid
+ * until the next poll or close. Each poll moves the consumer's position past
+ * the records it returned; bus_consumer_commit() makes that durable.
+ * Returns 0, or -1 with err filled.
+ */
+int bus_consumer_poll(bus_consumer *c, int timeout_ms, const bus_message **msgs, size_t *count,
+                      char *err, size_t errlen);
+
+/*
+ * Commit the current position (past every record returned so far) for the
+ * group. Without a group it does nothing. Returns 0, or -1 with err filled.
+ */
+int bus_consumer_commit(bus_consumer *c, char *err, size_t errlen);
+
+/*
+ * Make a blocked (or the next) bus_consumer_poll() return at once with no
+ * records. Async-signal-safe and thread-safe.
+ */
+void bus_consumer_wakeup(bus_consumer *c);
+
+/* Close the consumer (without committing); NULL is a no-op. */
+void bus_consumer_close(bus_consumer *c);
+
+#endif
