@@ -13,6 +13,18 @@
  * Records are copied into one arena owned by the consumer; the returned
  * bus_message array points into it until the next poll.
  *
+ * Group membership: the embedded log has one partition per topic, so a
+ * group has one active member at a time, like a Kafka group with a single
+ * partition. The member holds a lease in group_leases (owner token, pid,
+ * expiry), renewed on every commit and at least every third of the lease
+ * while polling. Another consumer of the same group waits as a standby (its
+ * polls return nothing) and takes over when the lease expires, when it is
+ * released by bus_consumer_close(), or at once when the holder's pid no
+ * longer exists (a crashed process on this machine). On taking over it
+ * re-reads the committed offsets. A commit checks the lease in the same
+ * transaction, so a member that lost its lease can never overwrite the new
+ * member's offsets.
+ *
  * Positions: a topic's position is initialised from the group's committed
  * offset, or by the reset rule when there is none (earliest: the oldest
  * record kept; latest: the end of the log). A topic that appears after the
@@ -31,7 +43,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/inotify.h>
 #include <unistd.h>
 
@@ -40,6 +54,9 @@
 #define MAX_WAIT_MS 1000
 /* Sleep between checks when inotify is not available. */
 #define FALLBACK_WAIT_MS 2
+/* Group lease: how long it lasts, and how often a standby looks again. */
+#define LEASE_MS 30000
+#define STANDBY_CHECK_MS 250
 
 typedef struct topic_state {
     char *name;
@@ -65,11 +82,19 @@ struct bus_consumer_sqlite {
     size_t max_batch;
     int started;
 
+    /* group membership (see the top of the file) */
+    char owner[64];
+    int member;            /* holds the lease */
+    int standby_logged;
+    int64_t lease_renew_at; /* wall ms: renew the lease after this */
+    int64_t next_check_ms;  /* standby: next look at the lease */
+
     topic_state *topics;
     size_t topic_count;
     size_t round_robin;
 
     sqlite3_stmt *list_topics, *committed, *upsert;
+    sqlite3_stmt *lease_read, *lease_take, *lease_renew, *lease_release;
 
     int inotify_fd;
     int wake_fd;
@@ -139,8 +164,27 @@ bus_consumer_sqlite *bus_consumer_sqlite_open(const bus_config *cfg,
                 "INSERT INTO offsets(group_name, topic_id, next_offset, committed_ms) "
                 "VALUES(?1, ?2, ?3, ?4) ON CONFLICT(group_name, topic_id) DO UPDATE SET "
                 "next_offset = excluded.next_offset, committed_ms = excluded.committed_ms",
-                &c->upsert, err, errlen) != 0)
+                &c->upsert, err, errlen) != 0 ||
+        prepare(db, "SELECT owner, pid, expires_ms FROM group_leases WHERE group_name = ?1",
+                &c->lease_read, err, errlen) != 0 ||
+        prepare(db,
+                "INSERT INTO group_leases(group_name, owner, pid, expires_ms) "
+                "VALUES(?1, ?2, ?3, ?4) ON CONFLICT(group_name) DO UPDATE SET "
+                "owner = excluded.owner, pid = excluded.pid, expires_ms = excluded.expires_ms",
+                &c->lease_take, err, errlen) != 0 ||
+        prepare(db,
+                "UPDATE group_leases SET expires_ms = ?3 WHERE group_name = ?1 AND owner = ?2",
+                &c->lease_renew, err, errlen) != 0 ||
+        prepare(db, "DELETE FROM group_leases WHERE group_name = ?1 AND owner = ?2",
+                &c->lease_release, err, errlen) != 0)
         goto fail;
+    {
+        unsigned char rnd[8];
+        if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+            memset(rnd, 0, sizeof(rnd));
+        snprintf(c->owner, sizeof(c->owner), "pid-%d-%02x%02x%02x%02x%02x%02x%02x%02x",
+                 (int)getpid(), rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7]);
+    }
 
     c->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (c->wake_fd < 0) {
@@ -167,8 +211,19 @@ void bus_consumer_sqlite_close(bus_consumer_sqlite *c)
     if (!c)
         return;
     sqlite3_finalize(c->list_topics);
+    if (c->member && c->lease_release) {
+        /* hand the group over at once instead of after the lease expires */
+        sqlite3_bind_text(c->lease_release, 1, c->group, -1, SQLITE_STATIC);
+        sqlite3_bind_text(c->lease_release, 2, c->owner, -1, SQLITE_STATIC);
+        sqlite3_step(c->lease_release);
+        sqlite3_reset(c->lease_release);
+    }
     sqlite3_finalize(c->committed);
     sqlite3_finalize(c->upsert);
+    sqlite3_finalize(c->lease_read);
+    sqlite3_finalize(c->lease_take);
+    sqlite3_finalize(c->lease_renew);
+    sqlite3_finalize(c->lease_release);
     bus_log_close(c->log);
     if (c->inotify_fd >= 0)
         close(c->inotify_fd);
@@ -372,6 +427,108 @@ static long fetch(bus_consumer_sqlite *c, char *err, size_t errlen)
     return (long)n;
 }
 
+/* Forget positions so they are read again from the committed offsets. */
+static void forget_positions(bus_consumer_sqlite *c)
+{
+    for (size_t i = 0; i < c->topic_count; i++) {
+        free(c->topics[i].name);
+        sqlite3_finalize(c->topics[i].fetch);
+    }
+    c->topic_count = 0;
+    c->round_robin = 0;
+}
+
+static int pid_alive(int64_t pid)
+{
+    if (pid <= 0 || pid > INT32_MAX)
+        return 0;
+    return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
+}
+
+/*
+ * Make sure this consumer is the group's active member. Returns 1 if it is,
+ * 0 if it is a standby, -1 on error. Cheap when the lease is fresh.
+ */
+static int ensure_membership(bus_consumer_sqlite *c, char *err, size_t errlen)
+{
+    if (!c->group)
+        return 1;
+    int64_t now = util_now_ms();
+    if (c->member && now < c->lease_renew_at)
+        return 1;
+    if (!c->member && now < c->next_check_ms)
+        return 0;
+    c->next_check_ms = now + STANDBY_CHECK_MS;
+    sqlite3 *db = bus_log_db(c->log);
+    int took = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        /* attempt 0 reads without the write lock; attempt 1 writes */
+        if (attempt == 1 && bus_log_begin(c->log, err, errlen) != 0)
+            return -1;
+        sqlite3_bind_text(c->lease_read, 1, c->group, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(c->lease_read);
+        int free_to_take = 1;
+        int64_t holder_pid = 0;
+        if (rc == SQLITE_ROW) {
+            const char *owner = (const char *)sqlite3_column_text(c->lease_read, 0);
+            holder_pid = sqlite3_column_int64(c->lease_read, 1);
+            int64_t expires = sqlite3_column_int64(c->lease_read, 2);
+            free_to_take = (owner && strcmp(owner, c->owner) == 0) || expires < now ||
+                           !pid_alive(holder_pid);
+        }
+        sqlite3_reset(c->lease_read);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+            util_error(err, errlen, "cannot read the lease of group '%s': %s", c->group,
+                       sqlite3_errmsg(db));
+            if (attempt == 1)
+                bus_log_rollback(c->log);
+            return -1;
+        }
+        if (!free_to_take) {
+            if (attempt == 1)
+                bus_log_rollback(c->log);
+            if (c->member)
+                LOG_WARN("group '%s': lost its membership to pid %lld; standing by", c->group,
+                         (long long)holder_pid);
+            else if (!c->standby_logged)
+                LOG_INFO("group '%s' is consumed by pid %lld; standing by until it stops",
+                         c->group, (long long)holder_pid);
+            c->standby_logged = 1;
+            if (c->member)
+                forget_positions(c);
+            c->member = 0;
+            return 0;
+        }
+        if (attempt == 0)
+            continue;
+        sqlite3_bind_text(c->lease_take, 1, c->group, -1, SQLITE_STATIC);
+        sqlite3_bind_text(c->lease_take, 2, c->owner, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(c->lease_take, 3, (int64_t)getpid());
+        sqlite3_bind_int64(c->lease_take, 4, now + LEASE_MS);
+        rc = sqlite3_step(c->lease_take);
+        sqlite3_reset(c->lease_take);
+        if (rc != SQLITE_DONE) {
+            util_error(err, errlen, "cannot take the lease of group '%s': %s", c->group,
+                       sqlite3_errmsg(db));
+            bus_log_rollback(c->log);
+            return -1;
+        }
+        if (bus_log_commit(c->log, err, errlen) != 0)
+            return -1;
+        took = 1;
+    }
+    if (took && !c->member) {
+        if (c->standby_logged)
+            LOG_INFO("group '%s': now the active member, resuming from committed offsets",
+                     c->group);
+        forget_positions(c);
+        c->standby_logged = 0;
+    }
+    c->member = 1;
+    c->lease_renew_at = now + LEASE_MS / 3;
+    return 1;
+}
+
 static void drain(int fd)
 {
     char buf[4096];
@@ -388,11 +545,17 @@ int bus_consumer_sqlite_poll(bus_consumer_sqlite *c, int timeout_ms, const bus_m
     for (;;) {
         if (c->inotify_fd >= 0)
             drain(c->inotify_fd);
-        if (refresh_topics(c, err, errlen) != 0)
+        int member = ensure_membership(c, err, errlen);
+        if (member < 0)
             return -1;
-        long n = fetch(c, err, errlen);
-        if (n < 0)
-            return -1;
+        long n = 0;
+        if (member) {
+            if (refresh_topics(c, err, errlen) != 0)
+                return -1;
+            n = fetch(c, err, errlen);
+            if (n < 0)
+                return -1;
+        }
         if (n > 0) {
             *msgs = c->msgs;
             *count = (size_t)n;
@@ -402,7 +565,7 @@ int bus_consumer_sqlite_poll(bus_consumer_sqlite *c, int timeout_ms, const bus_m
         if (now >= deadline)
             return 0;
         int64_t left_ms = (deadline - now + 999999) / 1000000;
-        int cap = c->inotify_fd >= 0 ? MAX_WAIT_MS : FALLBACK_WAIT_MS;
+        int cap = !member ? STANDBY_CHECK_MS : c->inotify_fd >= 0 ? MAX_WAIT_MS : FALLBACK_WAIT_MS;
         int wait_ms = left_ms < cap ? (int)left_ms : cap;
         struct pollfd fds[2] = {{.fd = c->wake_fd, .events = POLLIN},
                                 {.fd = c->inotify_fd, .events = POLLIN}};
@@ -418,7 +581,7 @@ int bus_consumer_sqlite_poll(bus_consumer_sqlite *c, int timeout_ms, const bus_m
 
 int bus_consumer_sqlite_commit(bus_consumer_sqlite *c, char *err, size_t errlen)
 {
-    if (!c->group)
+    if (!c->group || !c->member)
         return 0;
     size_t dirty = 0;
     for (size_t i = 0; i < c->topic_count; i++)
@@ -430,6 +593,29 @@ int bus_consumer_sqlite_commit(bus_consumer_sqlite *c, char *err, size_t errlen)
     if (own_txn && bus_log_begin(c->log, err, errlen) != 0)
         return -1;
     int64_t now = util_now_ms();
+    /* still the member? (renews the lease in the same transaction) */
+    sqlite3_bind_text(c->lease_renew, 1, c->group, -1, SQLITE_STATIC);
+    sqlite3_bind_text(c->lease_renew, 2, c->owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(c->lease_renew, 3, now + LEASE_MS);
+    int lrc = sqlite3_step(c->lease_renew);
+    sqlite3_reset(c->lease_renew);
+    if (lrc != SQLITE_DONE || sqlite3_changes(bus_log_db(c->log)) != 1) {
+        if (lrc == SQLITE_DONE)
+            util_error(err, errlen,
+                       "group '%s': membership lost to another consumer; offsets not committed",
+                       c->group);
+        else
+            util_error(err, errlen, "cannot renew the lease of group '%s': %s", c->group,
+                       sqlite3_errmsg(bus_log_db(c->log)));
+        if (own_txn)
+            bus_log_rollback(c->log);
+        if (lrc == SQLITE_DONE) {
+            c->member = 0;
+            forget_positions(c);
+        }
+        return -1;
+    }
+    c->lease_renew_at = now + LEASE_MS / 3;
     for (size_t i = 0; i < c->topic_count; i++) {
         topic_state *t = &c->topics[i];
         if (t->position == t->committed)

@@ -12,6 +12,8 @@
  *       offsets never go back.
  *   offsets(group_name, topic_id, next_offset, committed_ms)
  *       a group's committed position per topic (the next offset to read).
+ *   group_leases(group_name, owner, pid, expires_ms)
+ *       which consumer is a group's active member (sqlite_consumer.c).
  *
  * Durability: journal_mode=WAL with synchronous=FULL (or NORMAL when
  * configured): a committed transaction survives kill -9 of any process at
@@ -77,7 +79,12 @@ static const char *schema_sql =
     "  topic_id INTEGER NOT NULL,"
     "  next_offset INTEGER NOT NULL,"
     "  committed_ms INTEGER NOT NULL,"
-    "  PRIMARY KEY(group_name, topic_id)) WITHOUT ROWID;";
+    "  PRIMARY KEY(group_name, topic_id)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS group_leases("
+    "  group_name TEXT PRIMARY KEY,"
+    "  owner TEXT NOT NULL,"
+    "  pid INTEGER NOT NULL,"
+    "  expires_ms INTEGER NOT NULL);";
 
 /* Process-wide SQLite settings, applied once before the first connection:
  * no global memory statistics (they take a mutex on every allocation), and

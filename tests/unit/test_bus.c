@@ -604,6 +604,73 @@ static void test_bad_data_dir_is_reported(void **state)
     assert_non_null(strstr(err, "/proc/herald-cannot-exist/data"));
 }
 
+static void test_one_active_member_per_group(void **state)
+{
+    fixture *f = *state;
+    char err[256], v[256];
+    for (int i = 1; i <= 4; i++) {
+        char val[16];
+        snprintf(val, sizeof(val), "%d", i);
+        publish(f, "task-events", "k", val, NULL);
+    }
+    const char *topics[1] = {"task-events"};
+    bus_subscription sub = BUS_SUBSCRIPTION_INIT;
+    sub.group_id = "solo";
+    sub.topics = topics;
+    sub.topic_count = 1;
+    sub.max_batch = 2;
+    bus_consumer *a = bus_consumer_open(&f->cfg, &sub, err, sizeof(err));
+    bus_consumer *b = bus_consumer_open(&f->cfg, &sub, err, sizeof(err));
+    const bus_message *m;
+    size_t n;
+    assert_int_equal(bus_consumer_poll(a, 0, &m, &n, err, sizeof(err)), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(bus_consumer_commit(a, err, sizeof(err)), 0);
+    /* b is a standby while a holds the group: nothing, even after waiting */
+    assert_int_equal(bus_consumer_poll(b, 300, &m, &n, err, sizeof(err)), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(bus_consumer_commit(b, err, sizeof(err)), 0); /* no-op */
+    bus_consumer_close(a); /* releases the group */
+    util_sleep_us(300000); /* past b's standby re-check interval */
+    assert_int_equal(drain_values(b, v, sizeof(v)), 2);
+    assert_string_equal(v, "3,4"); /* resumes from a's committed offset */
+    bus_consumer_close(b);
+}
+
+static void test_crashed_members_group_is_taken_over_at_once(void **state)
+{
+    fixture *f = *state;
+    char err[256], v[256];
+    publish(f, "task-events", "k", "1", NULL);
+    bus_consumer *a = open_consumer(f, "g", "task-events", NULL, BUS_RESET_EARLIEST);
+    assert_int_equal(drain_values(a, v, sizeof(v)), 1);
+    assert_int_equal(bus_consumer_commit(a, err, sizeof(err)), 0);
+    /* pretend a's process died: its pid no longer exists */
+    bus_log *log = bus_log_open(&f->cfg, err, sizeof(err));
+    assert_int_equal(sqlite3_exec(bus_log_db(log),
+                                  "UPDATE group_leases SET pid = 2147483600 WHERE group_name = 'g'",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    bus_log_close(log);
+    publish(f, "task-events", "k", "2", NULL);
+    bus_consumer *b = open_consumer(f, "g", "task-events", NULL, BUS_RESET_EARLIEST);
+    assert_int_equal(drain_values(b, v, sizeof(v)), 1);
+    assert_string_equal(v, "2");
+    assert_int_equal(bus_consumer_commit(b, err, sizeof(err)), 0);
+    /* a lost the group: its commit is refused and does not move offsets */
+    publish(f, "task-events", "k", "3", NULL);
+    const bus_message *m;
+    size_t n;
+    assert_int_equal(bus_consumer_poll(a, 0, &m, &n, err, sizeof(err)), 0);
+    assert_int_equal(n, 2); /* a does not know yet: its lease looks fresh */
+    assert_int_equal(bus_consumer_commit(a, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "membership lost"));
+    bus_consumer_close(a);
+    assert_int_equal(drain_values(b, v, sizeof(v)), 1);
+    assert_string_equal(v, "3");
+    bus_consumer_close(b);
+}
+
 int main(void)
 {
     log_threshold = LOG_LEVEL_ERROR;
@@ -629,6 +696,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_wakeup_interrupts_poll, setup, teardown),
         cmocka_unit_test_setup_teardown(test_commit_inside_callers_transaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_subscriptions_are_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_active_member_per_group, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crashed_members_group_is_taken_over_at_once, setup,
+                                        teardown),
         cmocka_unit_test(test_topic_names),
         cmocka_unit_test(test_bad_data_dir_is_reported),
     };
