@@ -19,7 +19,7 @@ SAN_FLAGS =
 OPT ?= -O2 -g
 endif
 
-PKGS = sqlite3 jansson
+PKGS = sqlite3 jansson libmicrohttpd libcrypto
 CC ?= cc
 CFLAGS_BASE = -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 	-Wno-unused-parameter -D_GNU_SOURCE -Isrc -pthread

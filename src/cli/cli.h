@@ -50,5 +50,7 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 /* The commands: argv[0] is the command name. Each returns an exit status. */
 int cmd_publish(int argc, char **argv, herald_config *cfg);
 int cmd_tail(int argc, char **argv, herald_config *cfg);
+int cmd_api(int argc, char **argv, herald_config *cfg);
+int cmd_up(int argc, char **argv, herald_config *cfg);
 
 #endif

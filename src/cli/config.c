@@ -4,6 +4,7 @@
  */
 #include "cli/config.h"
 
+#include "api/server.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -76,6 +77,18 @@ static int set_log_level(herald_config *cfg, const char *v, char *err, size_t er
     return 0;
 }
 
+static int set_listen(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    char host[256];
+    unsigned port;
+    if (api_parse_listen(v, host, sizeof(host), &port) != 0)
+        return util_error(err, errlen, "invalid address '%s' (expected HOST:PORT, e.g. "
+                          "127.0.0.1:8080)", v);
+    free(cfg->listen);
+    cfg->listen = xstrdup(v);
+    return 0;
+}
+
 static const setting settings[] = {
     {"data-dir", "HERALD_DATA_DIR", "./herald-data",
      "directory of the event log (bus.db) and all state", set_data_dir},
@@ -88,6 +101,8 @@ static const setting settings[] = {
      "herald but not of the machine",
      set_sync},
     {"log-level", "HERALD_LOG_LEVEL", "info", "debug, info, warn, error or off", set_log_level},
+    {"listen", "HERALD_LISTEN", "127.0.0.1:8080",
+     "HOST:PORT the Task API listens on (port 0: any free port)", set_listen},
 };
 
 size_t config_count(void)
@@ -142,7 +157,7 @@ void config_print_help(void)
 {
     printf("Settings (flag, environment variable, default):\n");
     for (size_t i = 0; i < UTIL_ARRAY_LEN(settings); i++)
-        printf("  --%-12s %-18s %-14s %s\n", settings[i].flag, settings[i].env,
+        printf("  --%-12s %-18s %-15s %s\n", settings[i].flag, settings[i].env,
                settings[i].default_value, settings[i].help);
 }
 
@@ -151,6 +166,7 @@ void config_release(herald_config *cfg)
     free(cfg->data_dir);
     free(cfg->bus_url);
     free(cfg->log_level);
+    free(cfg->listen);
     herald_config empty = HERALD_CONFIG_INIT;
     *cfg = empty;
 }

@@ -20,9 +20,10 @@ typedef struct herald_config {
     int64_t retention_ms; /* HERALD_RETENTION, --retention */
     int sync_full;        /* HERALD_SYNC, --sync: full (1) or normal (0) */
     char *log_level;      /* HERALD_LOG_LEVEL, --log-level */
+    char *listen;         /* HERALD_LISTEN, --listen: HOST:PORT of the Task API */
 } herald_config;
 
-#define HERALD_CONFIG_INIT {NULL, NULL, 0, 1, NULL}
+#define HERALD_CONFIG_INIT {NULL, NULL, 0, 1, NULL, NULL}
 
 /* Fill cfg with the defaults, then apply the environment. 0 or -1 + err. */
 int config_load(herald_config *cfg, char *err, size_t errlen);

@@ -16,6 +16,8 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
+    {"up", cmd_up, "run the Task API and every agent in one process"},
+    {"api", cmd_api, "run the Task API (HTTP) alone"},
     {"publish", cmd_publish, "publish one event (validated) and print it"},
     {"tail", cmd_tail, "print events as JSON lines; --follow to keep waiting"},
 };

@@ -1,0 +1,791 @@
+/*
+ * routes.c - the Task API (see routes.h): routing, validation of every
+ * field with precise problems, and the mapping of store outcomes to HTTP.
+ *
+ * Validation collects every invalid field before answering, so a client
+ * sees all its mistakes in one 422: each entry of "errors" names the field,
+ * a machine-readable reason (missing, wrong_type, out_of_range, too_long,
+ * empty, bad_timestamp, control_characters, unknown_field) and a detail.
+ */
+#include "api/routes.h"
+
+#include "common/log.h"
+#include "common/util.h"
+#include "event/event.h"
+
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define LIST_DEFAULT_LIMIT 50
+#define LIST_MAX_LIMIT 500
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static char *dump(json_t *v)
+{
+    char *s = json_dumps(v, JSON_COMPACT);
+    json_decref(v);
+    return s;
+}
+
+void api_problem(api_response *resp, int status, const char *slug, const char *title,
+                 const char *detail, json_t *errors)
+{
+    json_t *p = json_object();
+    char type[96];
+    snprintf(type, sizeof(type), "urn:herald:problem:%s", slug);
+    json_object_set_new(p, "type", json_string(type));
+    json_object_set_new(p, "title", json_string(title));
+    json_object_set_new(p, "status", json_integer(status));
+    json_object_set_new(p, "detail", json_string(detail));
+    if (errors)
+        json_object_set_new(p, "errors", errors);
+    free(resp->body);
+    resp->status = status;
+    resp->problem = 1;
+    resp->body = dump(p);
+}
+
+int api_correlation_id_valid(const char *v)
+{
+    size_t n = 0;
+    for (; v[n]; n++)
+        if ((unsigned char)v[n] < 0x20 || (unsigned char)v[n] > 0x7e)
+            return 0;
+    return n >= 1 && n <= 128;
+}
+
+static size_t utf8_length(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xc0) != 0x80)
+            n++;
+    return n;
+}
+
+static int has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+            return 1;
+    return 0;
+}
+
+static const char *json_type_name(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "object";
+    case JSON_ARRAY: return "array";
+    case JSON_STRING: return "string";
+    case JSON_INTEGER: return "integer";
+    case JSON_REAL: return "number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "boolean";
+    default: return "null";
+    }
+}
+
+static void field_error(json_t *errors, const char *field, const char *reason, const char *fmt,
+                        ...) __attribute__((format(printf, 4, 5)));
+
+static void field_error(json_t *errors, const char *field, const char *reason, const char *fmt,
+                        ...)
+{
+    char detail[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof(detail), fmt, ap);
+    va_end(ap);
+    json_t *e = json_object();
+    json_object_set_new(e, "field", json_string(field));
+    json_object_set_new(e, "reason", json_string(reason));
+    json_object_set_new(e, "detail", json_string(detail));
+    json_array_append_new(errors, e);
+}
+
+/* ---- field validation --------------------------------------------------- */
+
+typedef struct string_rule {
+    const char *name;
+    size_t max_chars;
+    int nullable;   /* null clears the field */
+    int no_control; /* refuse control characters */
+} string_rule;
+
+/* Validate a string field if present. Returns 1 if present and valid. */
+static int check_string(json_t *body, const string_rule *rule, json_t *errors)
+{
+    json_t *v = json_object_get(body, rule->name);
+    if (!v)
+        return 0;
+    if (json_is_null(v)) {
+        if (rule->nullable)
+            return 1;
+        field_error(errors, rule->name, "wrong_type", "%s must be a string, not null",
+                    rule->name);
+        return 0;
+    }
+    if (!json_is_string(v)) {
+        field_error(errors, rule->name, "wrong_type", "%s must be a string, got %s", rule->name,
+                    json_type_name(v));
+        return 0;
+    }
+    const char *s = json_string_value(v);
+    if (strlen(s) != json_string_length(v)) {
+        field_error(errors, rule->name, "control_characters", "%s must not contain NUL",
+                    rule->name);
+        return 0;
+    }
+    size_t n = utf8_length(s);
+    if (n == 0) {
+        field_error(errors, rule->name, "empty", "%s must not be empty", rule->name);
+        return 0;
+    }
+    if (n > rule->max_chars) {
+        field_error(errors, rule->name, "too_long", "%s is %zu characters, at most %zu allowed",
+                    rule->name, n, rule->max_chars);
+        return 0;
+    }
+    if (rule->no_control && has_control(s)) {
+        field_error(errors, rule->name, "control_characters",
+                    "%s must not contain control characters", rule->name);
+        return 0;
+    }
+    return 1;
+}
+
+static const string_rule title_rule = {"title", TASK_TITLE_MAX, 0, 0};
+static const string_rule owner_rule = {"owner_id", TASK_OWNER_MAX, 0, 1};
+static const string_rule description_rule = {"description", TASK_DESCRIPTION_MAX, 1, 0};
+
+static int check_priority(json_t *body, json_t *errors, int *out)
+{
+    json_t *v = json_object_get(body, "priority");
+    if (!v)
+        return 0;
+    if (!json_is_integer(v)) {
+        field_error(errors, "priority", "wrong_type", "priority must be an integer, got %s",
+                    json_type_name(v));
+        return 0;
+    }
+    json_int_t p = json_integer_value(v);
+    if (p < TASK_PRIORITY_MIN || p > TASK_PRIORITY_MAX) {
+        field_error(errors, "priority", "out_of_range", "priority must be %d..%d, got %lld",
+                    TASK_PRIORITY_MIN, TASK_PRIORITY_MAX, (long long)p);
+        return 0;
+    }
+    *out = (int)p;
+    return 1;
+}
+
+/* due_at: RFC 3339 text or null. *ms is 0 for null. */
+static int check_due(json_t *body, json_t *errors, int64_t *ms)
+{
+    json_t *v = json_object_get(body, "due_at");
+    if (!v)
+        return 0;
+    *ms = 0;
+    if (json_is_null(v))
+        return 1;
+    if (!json_is_string(v)) {
+        field_error(errors, "due_at", "wrong_type",
+                    "due_at must be an RFC 3339 timestamp string, got %s", json_type_name(v));
+        return 0;
+    }
+    if (event_parse_time(json_string_value(v), ms) != 0 || *ms <= 0) {
+        field_error(errors, "due_at", "bad_timestamp",
+                    "due_at is not an RFC 3339 timestamp (e.g. 2025-01-15T14:30:00Z)");
+        return 0;
+    }
+    return 1;
+}
+
+static void check_unknown(json_t *body, const char *const *known, json_t *errors)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(body, key, v)
+    {
+        int ok = 0;
+        for (const char *const *k = known; *k; k++)
+            if (strcmp(*k, key) == 0)
+                ok = 1;
+        if (!ok)
+            field_error(errors, key, "unknown_field", "unknown field '%.64s'", key);
+    }
+}
+
+/* ---- request plumbing --------------------------------------------------- */
+
+static int content_type_is_json(const char *ct)
+{
+    if (!ct)
+        return 0;
+    while (*ct == ' ')
+        ct++;
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && ct[n - 1] == ' ')
+        n--;
+    if (n == 16 && strncasecmp(ct, "application/json", 16) == 0)
+        return 1;
+    /* application/<something>+json */
+    return n > 17 && strncasecmp(ct, "application/", 12) == 0 &&
+           strncasecmp(ct + n - 5, "+json", 5) == 0;
+}
+
+/*
+ * Parse the JSON body of a POST/PATCH. Returns the object, or NULL with
+ * resp filled (415, 400, 422).
+ */
+static json_t *parse_body(const api_request *req, api_response *resp)
+{
+    if (!content_type_is_json(req->content_type)) {
+        char detail[200];
+        snprintf(detail, sizeof(detail),
+                 "the request body must be application/json, not '%.100s'",
+                 req->content_type ? req->content_type : "(no Content-Type)");
+        api_problem(resp, 415, "unsupported-media-type", "Unsupported Media Type", detail, NULL);
+        return NULL;
+    }
+    json_error_t jerr;
+    json_t *body = json_loadb(req->body ? req->body : "", req->body_len,
+                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    if (!body) {
+        char detail[300];
+        snprintf(detail, sizeof(detail), "malformed JSON at line %d, column %d (byte %d): %s",
+                 jerr.line, jerr.column, jerr.position, jerr.text);
+        json_t *pos = json_object();
+        json_object_set_new(pos, "line", json_integer(jerr.line));
+        json_object_set_new(pos, "column", json_integer(jerr.column));
+        json_object_set_new(pos, "position", json_integer(jerr.position));
+        api_problem(resp, 400, "malformed-json", "Malformed JSON", detail, NULL);
+        /* add the position as its own member */
+        json_t *p = json_loads(resp->body, 0, NULL);
+        json_object_set_new(p, "position", pos);
+        free(resp->body);
+        resp->body = dump(p);
+        return NULL;
+    }
+    if (!json_is_object(body)) {
+        char detail[100];
+        snprintf(detail, sizeof(detail), "the request body must be a JSON object, got %s",
+                 json_type_name(body));
+        json_decref(body);
+        api_problem(resp, 422, "invalid-body", "Invalid request body", detail, NULL);
+        return NULL;
+    }
+    return body;
+}
+
+static void invalid_fields(api_response *resp, json_t *errors)
+{
+    char detail[160];
+    size_t n = json_array_size(errors);
+    json_t *first = json_array_get(errors, 0);
+    snprintf(detail, sizeof(detail), "%zu invalid field%s: %s", n, n == 1 ? "" : "s",
+             json_string_value(json_object_get(first, "detail")));
+    api_problem(resp, 422, "invalid-fields", "Invalid fields", detail, errors);
+}
+
+static void request_hash(const api_request *req, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+    EVP_DigestUpdate(ctx, req->method, strlen(req->method));
+    EVP_DigestUpdate(ctx, "\n", 1);
+    EVP_DigestUpdate(ctx, req->path, strlen(req->path));
+    EVP_DigestUpdate(ctx, "\n", 1);
+    if (req->body_len)
+        EVP_DigestUpdate(ctx, req->body, req->body_len);
+    EVP_DigestFinal_ex(ctx, md, &len);
+    EVP_MD_CTX_free(ctx);
+    for (unsigned int i = 0; i < len && i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* Idempotency-Key: 1..255 printable ASCII. Returns 0, or -1 with resp. */
+static int use_idempotency_key(const api_request *req, store_request *sr, char hash[65],
+                               api_response *resp)
+{
+    if (!req->idempotency_key)
+        return 0;
+    const char *k = req->idempotency_key;
+    size_t n = strlen(k);
+    int ok = n >= 1 && n <= 255;
+    for (size_t i = 0; ok && i < n; i++)
+        if ((unsigned char)k[i] < 0x21 || (unsigned char)k[i] > 0x7e)
+            ok = 0;
+    if (!ok) {
+        json_t *errors = json_array();
+        field_error(errors, "Idempotency-Key", "invalid",
+                    "Idempotency-Key must be 1..255 printable ASCII characters without spaces");
+        invalid_fields(resp, errors);
+        return -1;
+    }
+    request_hash(req, hash);
+    sr->idempotency_key = k;
+    sr->request_hash = hash;
+    return 0;
+}
+
+static int64_t parse_if_match(const char *v)
+{
+    if (!v)
+        return 0;
+    while (*v == ' ')
+        v++;
+    if (strcmp(v, "*") == 0)
+        return 0;
+    if (strncmp(v, "W/", 2) == 0)
+        v += 2;
+    if (*v == '"')
+        v++;
+    char *end;
+    long long n = strtoll(v, &end, 10);
+    if (end == v || n <= 0 || (*end != '"' && *end != '\0'))
+        return -1; /* can never match */
+    return n;
+}
+
+static void set_task_headers(api_response *resp, const task *t)
+{
+    snprintf(resp->etag, sizeof(resp->etag), "\"%lld\"", (long long)t->version);
+}
+
+static void respond_task(api_response *resp, int status, const task *t)
+{
+    resp->status = status;
+    resp->body = dump(task_to_json(t));
+    set_task_headers(resp, t);
+}
+
+/* Map a failed store outcome to a response. Returns 1 if it did. */
+static int store_failure(const store_request *sr, api_response *resp)
+{
+    char detail[300];
+    switch (sr->outcome) {
+    case STORE_NOT_FOUND:
+        snprintf(detail, sizeof(detail), "no task with id '%s'", sr->task_id);
+        api_problem(resp, 404, "not-found", "Not Found", detail, NULL);
+        return 1;
+    case STORE_VERSION_MISMATCH:
+        snprintf(detail, sizeof(detail),
+                 "If-Match does not match the task's current version \"%lld\"",
+                 (long long)sr->result.version);
+        api_problem(resp, 412, "precondition-failed", "Precondition Failed", detail, NULL);
+        set_task_headers(resp, &sr->result);
+        return 1;
+    case STORE_KEY_REUSED:
+        api_problem(resp, 422, "idempotency-key-reused", "Idempotency-Key reused",
+                    "this Idempotency-Key was already used with a different request", NULL);
+        return 1;
+    case STORE_REPLAYED:
+        resp->status = sr->replay_status;
+        resp->body = sr->replay_body ? xstrdup(sr->replay_body) : NULL;
+        if (resp->status == 201 && sr->replay_body) {
+            json_t *j = json_loads(sr->replay_body, 0, NULL);
+            const char *id = json_string_value(json_object_get(j, "id"));
+            if (id)
+                snprintf(resp->location, sizeof(resp->location), "/tasks/%s", id);
+            json_decref(j);
+        }
+        return 1;
+    case STORE_FAILED:
+        snprintf(detail, sizeof(detail), "the change could not be stored: %s", sr->err);
+        api_problem(resp, 500, "storage-failed", "Internal Server Error", detail, NULL);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* ---- handlers ----------------------------------------------------------- */
+
+static json_t *created_body(const task *t)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(t->id));
+    json_object_set_new(o, "status", json_string("created"));
+    json_object_set_new(o, "task", task_to_json(t));
+    return o;
+}
+
+static char *render_created(const store_request *sr, int *status)
+{
+    *status = 201;
+    return dump(created_body(&sr->result));
+}
+
+static char *render_task(const store_request *sr, int *status)
+{
+    *status = 200;
+    return dump(task_to_json(&sr->result));
+}
+
+static void create_task(task_store *store, const api_request *req, api_response *resp)
+{
+    json_t *body = parse_body(req, resp);
+    if (!body)
+        return;
+    static const char *const known[] = {"title", "owner_id", "priority", "description",
+                                        "due_at", NULL};
+    json_t *errors = json_array();
+    store_request sr;
+    store_request_init(&sr, STORE_CREATE);
+    if (!json_object_get(body, "title"))
+        field_error(errors, "title", "missing", "title is required");
+    else if (check_string(body, &title_rule, errors))
+        sr.input.title = (char *)json_string_value(json_object_get(body, "title"));
+    if (!json_object_get(body, "owner_id"))
+        field_error(errors, "owner_id", "missing", "owner_id is required");
+    else if (check_string(body, &owner_rule, errors))
+        sr.input.owner_id = (char *)json_string_value(json_object_get(body, "owner_id"));
+    sr.input.priority = 1;
+    check_priority(body, errors, &sr.input.priority);
+    if (check_string(body, &description_rule, errors))
+        sr.input.description = (char *)json_string_value(json_object_get(body, "description"));
+    check_due(body, errors, &sr.input.due_ms);
+    check_unknown(body, known, errors);
+    char hash[65];
+    if (json_array_size(errors) > 0) {
+        invalid_fields(resp, errors);
+        goto out;
+    }
+    json_decref(errors);
+    errors = NULL;
+    if (use_idempotency_key(req, &sr, hash, resp) != 0)
+        goto out;
+    event_uuid_v7(sr.task_id);
+    sr.correlation_id = req->correlation_id;
+    sr.render = render_created;
+    if (task_store_execute(store, &sr) != 0) {
+        api_problem(resp, 503, "shutting-down", "Service Unavailable", "the server is stopping",
+                    NULL);
+        goto out;
+    }
+    if (store_failure(&sr, resp))
+        goto out;
+    resp->status = 201;
+    resp->body = dump(created_body(&sr.result));
+    snprintf(resp->location, sizeof(resp->location), "/tasks/%s", sr.result.id);
+    set_task_headers(resp, &sr.result);
+out:
+    json_decref(errors);
+    json_decref(body);
+    store_request_release(&sr);
+}
+
+static void update_task(task_store *store, const api_request *req, const char *id,
+                        api_response *resp)
+{
+    json_t *body = parse_body(req, resp);
+    if (!body)
+        return;
+    static const char *const known[] = {"title", "owner_id", "priority", "description",
+                                        "due_at", NULL};
+    json_t *errors = json_array();
+    json_t *patch = json_object();
+    int priority;
+    int64_t due_ms;
+    if (check_string(body, &title_rule, errors))
+        json_object_set(patch, "title", json_object_get(body, "title"));
+    if (check_string(body, &owner_rule, errors))
+        json_object_set(patch, "owner_id", json_object_get(body, "owner_id"));
+    if (check_string(body, &description_rule, errors))
+        json_object_set(patch, "description", json_object_get(body, "description"));
+    if (check_priority(body, errors, &priority))
+        json_object_set_new(patch, "priority", json_integer(priority));
+    if (check_due(body, errors, &due_ms)) {
+        char buf[EVENT_TIME_LEN + 1];
+        event_format_time(due_ms, buf);
+        json_object_set_new(patch, "due_at", due_ms ? json_string(buf) : json_null());
+    }
+    check_unknown(body, known, errors);
+    store_request sr;
+    store_request_init(&sr, STORE_UPDATE);
+    if (json_array_size(errors) > 0) {
+        invalid_fields(resp, errors);
+        errors = NULL;
+        goto out;
+    }
+    util_strlcpy(sr.task_id, id, sizeof(sr.task_id));
+    sr.patch = patch;
+    sr.if_match = parse_if_match(req->if_match);
+    sr.correlation_id = req->correlation_id;
+    if (task_store_execute(store, &sr) != 0) {
+        api_problem(resp, 503, "shutting-down", "Service Unavailable", "the server is stopping",
+                    NULL);
+        goto out;
+    }
+    if (!store_failure(&sr, resp))
+        respond_task(resp, 200, &sr.result);
+out:
+    json_decref(errors);
+    json_decref(patch);
+    json_decref(body);
+    store_request_release(&sr);
+}
+
+static void simple_change(task_store *store, const api_request *req, const char *id,
+                          store_op op, api_response *resp)
+{
+    store_request sr;
+    store_request_init(&sr, op);
+    char hash[65];
+    if (op == STORE_COMPLETE && use_idempotency_key(req, &sr, hash, resp) != 0)
+        return;
+    util_strlcpy(sr.task_id, id, sizeof(sr.task_id));
+    sr.if_match = parse_if_match(req->if_match);
+    sr.correlation_id = req->correlation_id;
+    sr.render = render_task;
+    if (task_store_execute(store, &sr) != 0) {
+        api_problem(resp, 503, "shutting-down", "Service Unavailable", "the server is stopping",
+                    NULL);
+    } else if (!store_failure(&sr, resp)) {
+        if (op == STORE_DELETE)
+            resp->status = 204;
+        else
+            respond_task(resp, 200, &sr.result);
+    }
+    store_request_release(&sr);
+}
+
+static void get_task(task_store *store, const char *id, api_response *resp)
+{
+    task t = TASK_INIT;
+    char err[256], detail[300];
+    int rc = task_store_get(store, id, &t, err, sizeof(err));
+    if (rc < 0) {
+        snprintf(detail, sizeof(detail), "cannot read the task: %s", err);
+        api_problem(resp, 500, "storage-failed", "Internal Server Error", detail, NULL);
+    } else if (rc == 0) {
+        snprintf(detail, sizeof(detail), "no task with id '%s'", id);
+        api_problem(resp, 404, "not-found", "Not Found", detail, NULL);
+    } else {
+        respond_task(resp, 200, &t);
+    }
+    task_release(&t);
+}
+
+static const char *query_value(const api_request *req, const char *name)
+{
+    for (size_t i = 0; i < req->query_count; i++)
+        if (strcmp(req->query[i].name, name) == 0)
+            return req->query[i].value ? req->query[i].value : "";
+    return NULL;
+}
+
+static void list_tasks(task_store *store, const api_request *req, api_response *resp)
+{
+    json_t *errors = json_array();
+    static const char *const known[] = {"owner_id", "status", "limit", "after", NULL};
+    for (size_t i = 0; i < req->query_count; i++) {
+        int ok = 0;
+        for (const char *const *k = known; *k; k++)
+            if (strcmp(*k, req->query[i].name) == 0)
+                ok = 1;
+        if (!ok)
+            field_error(errors, req->query[i].name, "unknown_field",
+                        "unknown query parameter '%.64s' (known: owner_id, status, limit, after)",
+                        req->query[i].name);
+    }
+    if (req->query_overflow)
+        field_error(errors, "query", "too_long", "at most %d query parameters",
+                    API_MAX_QUERY_ARGS);
+    const char *owner = query_value(req, "owner_id");
+    if (owner && (!*owner || utf8_length(owner) > TASK_OWNER_MAX || has_control(owner)))
+        field_error(errors, "owner_id", "out_of_range",
+                    "owner_id must be 1..%d characters without control characters",
+                    TASK_OWNER_MAX);
+    const char *status = query_value(req, "status");
+    if (status && strcmp(status, "open") != 0 && strcmp(status, "completed") != 0)
+        field_error(errors, "status", "out_of_range", "status must be 'open' or 'completed'");
+    const char *limit_text = query_value(req, "limit");
+    long limit = LIST_DEFAULT_LIMIT;
+    if (limit_text) {
+        char *end;
+        limit = strtol(limit_text, &end, 10);
+        if (!*limit_text || *end || limit < 1 || limit > LIST_MAX_LIMIT)
+            field_error(errors, "limit", "out_of_range", "limit must be an integer 1..%d",
+                        LIST_MAX_LIMIT);
+    }
+    const char *after = query_value(req, "after");
+    if (after && strlen(after) > TASK_ID_MAX)
+        field_error(errors, "after", "too_long", "after is not a task id");
+    if (json_array_size(errors) > 0) {
+        invalid_fields(resp, errors);
+        return;
+    }
+    json_decref(errors);
+    task *tasks;
+    size_t n;
+    int more;
+    char err[256], detail[300];
+    if (task_store_list(store, owner, status, after, (int)limit, &tasks, &n, &more, err,
+                        sizeof(err)) != 0) {
+        snprintf(detail, sizeof(detail), "cannot list tasks: %s", err);
+        api_problem(resp, 500, "storage-failed", "Internal Server Error", detail, NULL);
+        return;
+    }
+    json_t *arr = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(arr, task_to_json(&tasks[i]));
+    json_t *o = json_object();
+    json_object_set_new(o, "tasks", arr);
+    json_object_set_new(o, "next_after", more && n ? json_string(tasks[n - 1].id) : json_null());
+    for (size_t i = 0; i < n; i++)
+        task_release(&tasks[i]);
+    free(tasks);
+    resp->status = 200;
+    resp->body = dump(o);
+}
+
+static void task_events(task_store *store, const char *id, api_response *resp)
+{
+    json_t *events;
+    char err[256], detail[300];
+    int rc = task_store_events(store, id, &events, err, sizeof(err));
+    if (rc < 0) {
+        snprintf(detail, sizeof(detail), "cannot read events: %s", err);
+        api_problem(resp, 500, "storage-failed", "Internal Server Error", detail, NULL);
+    } else if (rc == 0) {
+        snprintf(detail, sizeof(detail), "no task with id '%s'", id);
+        api_problem(resp, 404, "not-found", "Not Found", detail, NULL);
+    } else {
+        json_t *o = json_object();
+        json_object_set_new(o, "task_id", json_string(id));
+        json_object_set_new(o, "events", events);
+        resp->status = 200;
+        resp->body = dump(o);
+    }
+}
+
+/* ---- routing ------------------------------------------------------------ */
+
+static int task_id_valid(const char *s, size_t n)
+{
+    if (n == 0 || n > TASK_ID_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+static void method_not_allowed(api_response *resp, const char *method, const char *allow)
+{
+    char detail[160];
+    snprintf(detail, sizeof(detail), "method %.16s is not allowed here; allowed: %s", method,
+             allow);
+    api_problem(resp, 405, "method-not-allowed", "Method Not Allowed", detail, NULL);
+    resp->allow = allow;
+}
+
+static void not_found(api_response *resp, const char *path)
+{
+    char detail[200];
+    snprintf(detail, sizeof(detail), "no resource at '%.120s'", path);
+    api_problem(resp, 404, "not-found", "Not Found", detail, NULL);
+}
+
+void api_handle(task_store *store, const api_request *req, api_response *resp)
+{
+    const char *m = req->method;
+    const char *path = req->path;
+    if (strcmp(path, "/healthz") == 0) {
+        if (strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0)
+            {
+                method_not_allowed(resp, m, "GET, HEAD");
+                return;
+            }
+        resp->status = 200;
+        resp->body = xstrdup("{\"status\":\"ok\"}");
+        return;
+    }
+    if (strcmp(path, "/tasks") == 0 || strcmp(path, "/tasks/") == 0) {
+        if (strcmp(m, "POST") == 0)
+            {
+                create_task(store, req, resp);
+                return;
+            }
+        if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
+            {
+                list_tasks(store, req, resp);
+                return;
+            }
+        {
+            method_not_allowed(resp, m, "GET, HEAD, POST");
+            return;
+        }
+    }
+    if (strncmp(path, "/tasks/", 7) != 0)
+        {
+            not_found(resp, path);
+            return;
+        }
+    const char *id = path + 7;
+    size_t id_len = strcspn(id, "/");
+    const char *rest = id + id_len;
+    if (!task_id_valid(id, id_len))
+        {
+            not_found(resp, path);
+            return;
+        }
+    char id_buf[TASK_ID_MAX + 1];
+    memcpy(id_buf, id, id_len);
+    id_buf[id_len] = '\0';
+    if (*rest == '\0') {
+        if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
+            {
+                get_task(store, id_buf, resp);
+                return;
+            }
+        if (strcmp(m, "PATCH") == 0)
+            {
+                update_task(store, req, id_buf, resp);
+                return;
+            }
+        if (strcmp(m, "DELETE") == 0)
+            {
+                simple_change(store, req, id_buf, STORE_DELETE, resp);
+                return;
+            }
+        {
+            method_not_allowed(resp, m, "GET, HEAD, PATCH, DELETE");
+            return;
+        }
+    }
+    if (strcmp(rest, "/complete") == 0) {
+        if (strcmp(m, "POST") == 0)
+            {
+                simple_change(store, req, id_buf, STORE_COMPLETE, resp);
+                return;
+            }
+        {
+            method_not_allowed(resp, m, "POST");
+            return;
+        }
+    }
+    if (strcmp(rest, "/events") == 0) {
+        if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
+            {
+                task_events(store, id_buf, resp);
+                return;
+            }
+        {
+            method_not_allowed(resp, m, "GET, HEAD");
+            return;
+        }
+    }
+    not_found(resp, path);
+}

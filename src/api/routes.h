@@ -1,0 +1,61 @@
+/*
+ * routes.h - the Task API's routes, independent of the HTTP library: a
+ * request (method, path, query, headers that matter, body) goes in, a
+ * response (status, JSON or problem+json body, headers) comes out. The
+ * HTTP server (server.c) does the wire; everything the API decides is here.
+ */
+#ifndef HERALD_ROUTES_H
+#define HERALD_ROUTES_H
+
+#include "store/task_store.h"
+
+#include <stddef.h>
+
+#define API_MAX_BODY (64 * 1024)
+#define API_MAX_QUERY_ARGS 16
+
+typedef struct api_query_arg {
+    const char *name;
+    const char *value; /* NULL for "?flag" without '=' */
+} api_query_arg;
+
+typedef struct api_request {
+    const char *method;
+    const char *path;          /* without the query string */
+    api_query_arg query[API_MAX_QUERY_ARGS];
+    size_t query_count;
+    int query_overflow;        /* more than API_MAX_QUERY_ARGS arguments */
+    const char *content_type;  /* NULL if absent */
+    const char *if_match;
+    const char *idempotency_key;
+    const char *correlation_id; /* already validated or generated */
+    const char *body;
+    size_t body_len;
+} api_request;
+
+typedef struct api_response {
+    int status;
+    char *body;               /* malloc'd; NULL for no body (204) */
+    int problem;              /* body is application/problem+json */
+    char location[128];       /* "" if none */
+    char etag[32];            /* "" if none */
+    const char *allow;        /* for 405; NULL otherwise */
+} api_response;
+
+/* Handle one request. *resp must be zeroed; free resp->body afterwards. */
+void api_handle(task_store *store, const api_request *req, api_response *resp);
+
+/*
+ * Fill resp with an RFC 9457 problem: type urn:herald:problem:<slug>,
+ * title, status, detail, and (if errors is non-NULL, stolen) "errors".
+ */
+void api_problem(api_response *resp, int status, const char *slug, const char *title,
+                 const char *detail, json_t *errors);
+
+/*
+ * Validate an X-Correlation-ID value: 1..128 printable ASCII characters.
+ * Returns 1 if valid.
+ */
+int api_correlation_id_valid(const char *value);
+
+#endif

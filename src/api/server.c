@@ -1,0 +1,292 @@
+/*
+ * server.c - libmicrohttpd glue for the Task API (see server.h).
+ *
+ * Per request: the first call sets up a request_ctx (start time, the
+ * correlation id, an early 413 when Content-Length is over the limit); the
+ * body arrives in pieces and is collected up to API_MAX_BODY (a chunked body
+ * that grows past it is answered 413 at once); the last call builds an
+ * api_request, lets routes.c answer and queues the response with the
+ * headers every response carries (X-Correlation-ID, Content-Type). One log
+ * line per request: method, path, status, duration, correlation id.
+ *
+ * In-flight accounting (for graceful stop) counts requests from their first
+ * call to MHD's completion callback.
+ */
+#include "api/server.h"
+
+#include "api/routes.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "event/event.h"
+
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CONNECTION_LIMIT 1024
+#define CONNECTION_TIMEOUT_S 60
+#define THREAD_STACK_SIZE (256 * 1024)
+
+struct api_server {
+    struct MHD_Daemon *daemon;
+    task_store *store;
+    unsigned port;
+    pthread_mutex_t lock;
+    pthread_cond_t idle;
+    long in_flight;
+};
+
+typedef struct request_ctx {
+    int64_t start_ns;
+    char correlation_id[EVENT_REF_ID_MAX + 1];
+    char *body;
+    size_t len, cap;
+    int too_large;
+    int answered;
+    api_request req;
+} request_ctx;
+
+int api_parse_listen(const char *listen, char *host, size_t hostlen, unsigned *port)
+{
+    const char *colon = strrchr(listen, ':');
+    if (!colon || colon == listen)
+        return -1;
+    const char *h = listen;
+    size_t hl = (size_t)(colon - listen);
+    if (h[0] == '[') {
+        if (hl < 3 || h[hl - 1] != ']')
+            return -1;
+        h++;
+        hl -= 2;
+    }
+    if (hl + 1 > hostlen)
+        return -1;
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (!colon[1] || *end || p < 0 || p > 65535)
+        return -1;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    *port = (unsigned)p;
+    return 0;
+}
+
+static enum MHD_Result collect_query(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    api_request *req = cls;
+    if (req->query_count >= API_MAX_QUERY_ARGS) {
+        req->query_overflow = 1;
+        return MHD_NO;
+    }
+    req->query[req->query_count].name = key;
+    req->query[req->query_count].value = value;
+    req->query_count++;
+    return MHD_YES;
+}
+
+static enum MHD_Result send_response(struct MHD_Connection *conn, request_ctx *ctx,
+                                     const char *method, const char *url, api_response *resp)
+{
+    size_t len = resp->body ? strlen(resp->body) : 0;
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, resp->body,
+                                                             MHD_RESPMEM_MUST_FREE);
+    resp->body = NULL; /* owned by MHD now */
+    if (!r)
+        return MHD_NO;
+    if (len)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                resp->problem ? "application/problem+json" : "application/json");
+    MHD_add_response_header(r, "X-Correlation-ID", ctx->correlation_id);
+    if (resp->location[0])
+        MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, resp->location);
+    if (resp->etag[0])
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, resp->etag);
+    if (resp->allow)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, resp->allow);
+    enum MHD_Result ok = MHD_queue_response(conn, (unsigned)resp->status, r);
+    MHD_destroy_response(r);
+    ctx->answered = 1;
+    double ms = (double)(util_monotonic_ns() - ctx->start_ns) / 1e6;
+    LOG_INFO_CID(ctx->correlation_id, "%s %s %d %.2fms", method, url, resp->status, ms);
+    return ok;
+}
+
+static void too_large(api_response *resp)
+{
+    char detail[100];
+    snprintf(detail, sizeof(detail), "the request body is over the limit of %d bytes",
+             API_MAX_BODY);
+    api_problem(resp, 413, "payload-too-large", "Payload Too Large", detail, NULL);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **req_cls)
+{
+    api_server *srv = cls;
+    request_ctx *ctx = *req_cls;
+    if (!ctx) {
+        ctx = xcalloc(1, sizeof(*ctx));
+        ctx->start_ns = util_monotonic_ns();
+        *req_cls = ctx;
+        pthread_mutex_lock(&srv->lock);
+        srv->in_flight++;
+        pthread_mutex_unlock(&srv->lock);
+        const char *cid = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Correlation-ID");
+        if (cid && api_correlation_id_valid(cid))
+            util_strlcpy(ctx->correlation_id, cid, sizeof(ctx->correlation_id));
+        else
+            event_uuid_v7(ctx->correlation_id);
+        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strtoull(cl, NULL, 10) > API_MAX_BODY) {
+            /* answer before reading the body; MHD closes the connection */
+            api_response resp = {0};
+            too_large(&resp);
+            return send_response(conn, ctx, method, url, &resp);
+        }
+        return MHD_YES;
+    }
+    if (ctx->answered) {
+        *upload_data_size = 0; /* discard whatever still arrives */
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (ctx->len + n > API_MAX_BODY) {
+            api_response resp = {0};
+            too_large(&resp);
+            free(ctx->body);
+            ctx->body = NULL;
+            return send_response(conn, ctx, method, url, &resp);
+        }
+        if (ctx->len + n + 1 > ctx->cap) {
+            ctx->cap = ctx->len + n + 1 < 4096 ? 4096 : (ctx->len + n + 1) * 2;
+            ctx->body = xrealloc(ctx->body, ctx->cap);
+        }
+        memcpy(ctx->body + ctx->len, upload_data, n);
+        ctx->len += n;
+        ctx->body[ctx->len] = '\0';
+        return MHD_YES;
+    }
+    /* the whole request is here */
+    api_request *req = &ctx->req;
+    req->method = method;
+    req->path = url;
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_query, req);
+    req->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_CONTENT_TYPE);
+    req->if_match = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_MATCH);
+    req->idempotency_key = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Idempotency-Key");
+    req->correlation_id = ctx->correlation_id;
+    req->body = ctx->body;
+    req->body_len = ctx->len;
+    api_response resp = {0};
+    api_handle(srv->store, req, &resp);
+    return send_response(conn, ctx, method, url, &resp);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    api_server *srv = cls;
+    request_ctx *ctx = *req_cls;
+    if (!ctx)
+        return;
+    free(ctx->body);
+    free(ctx);
+    *req_cls = NULL;
+    pthread_mutex_lock(&srv->lock);
+    if (--srv->in_flight == 0)
+        pthread_cond_broadcast(&srv->idle);
+    pthread_mutex_unlock(&srv->lock);
+}
+
+api_server *api_server_start(const char *listen, task_store *store, char *err, size_t errlen)
+{
+    char host[256];
+    unsigned port;
+    if (api_parse_listen(listen, host, sizeof(host), &port) != 0) {
+        util_error(err, errlen, "invalid listen address '%s' (expected HOST:PORT)", listen);
+        return NULL;
+    }
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    char port_text[16];
+    snprintf(port_text, sizeof(port_text), "%u", port);
+    int gai = getaddrinfo(host, port_text, &hints, &ai);
+    if (gai != 0) {
+        util_error(err, errlen, "cannot resolve listen address '%s': %s", listen,
+                   gai_strerror(gai));
+        return NULL;
+    }
+    api_server *srv = xcalloc(1, sizeof(*srv));
+    srv->store = store;
+    pthread_mutex_init(&srv->lock, NULL);
+    pthread_cond_init(&srv->idle, NULL);
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
+                     MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    srv->daemon = MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)CONNECTION_TIMEOUT_S, MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK_SIZE,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!srv->daemon) {
+        util_error(err, errlen, "cannot listen on '%s' (address in use or not available)",
+                   listen);
+        pthread_mutex_destroy(&srv->lock);
+        pthread_cond_destroy(&srv->idle);
+        free(srv);
+        return NULL;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    srv->port = info ? info->port : port;
+    return srv;
+}
+
+unsigned api_server_port(const api_server *srv)
+{
+    return srv->port;
+}
+
+void api_server_stop(api_server *srv, int timeout_ms)
+{
+    if (!srv)
+        return;
+    MHD_socket fd = MHD_quiesce_daemon(srv->daemon);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += timeout_ms / 1000;
+    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&srv->lock);
+    while (srv->in_flight > 0)
+        if (pthread_cond_timedwait(&srv->idle, &srv->lock, &deadline) != 0)
+            break;
+    long left = srv->in_flight;
+    pthread_mutex_unlock(&srv->lock);
+    if (left > 0)
+        LOG_WARN("stopping with %ld requests still in flight after %d ms", left, timeout_ms);
+    MHD_stop_daemon(srv->daemon);
+    pthread_mutex_destroy(&srv->lock);
+    pthread_cond_destroy(&srv->idle);
+    free(srv);
+}

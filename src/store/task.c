@@ -1,0 +1,61 @@
+/*
+ * task.c - the task value (see task.h).
+ */
+#include "store/task.h"
+
+#include "common/util.h"
+#include "event/event.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+const char *task_status_name(const task *t)
+{
+    return t->completed ? "completed" : "open";
+}
+
+static json_t *time_or_null(int64_t ms)
+{
+    if (ms == 0)
+        return json_null();
+    char buf[EVENT_TIME_LEN + 1];
+    event_format_time(ms, buf);
+    return json_string(buf);
+}
+
+json_t *task_to_json(const task *t)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", json_string(t->id));
+    json_object_set_new(o, "title", json_string(t->title ? t->title : ""));
+    json_object_set_new(o, "description",
+                        t->description ? json_string(t->description) : json_null());
+    json_object_set_new(o, "owner_id", json_string(t->owner_id ? t->owner_id : ""));
+    json_object_set_new(o, "priority", json_integer(t->priority));
+    json_object_set_new(o, "status", json_string(task_status_name(t)));
+    json_object_set_new(o, "due_at", time_or_null(t->due_ms));
+    json_object_set_new(o, "created_at", time_or_null(t->created_ms));
+    json_object_set_new(o, "updated_at", time_or_null(t->updated_ms));
+    json_object_set_new(o, "completed_at", time_or_null(t->completed_ms));
+    json_object_set_new(o, "version", json_integer(t->version));
+    return o;
+}
+
+void task_copy(task *dst, const task *src)
+{
+    *dst = *src;
+    dst->title = src->title ? xstrdup(src->title) : NULL;
+    dst->description = src->description ? xstrdup(src->description) : NULL;
+    dst->owner_id = src->owner_id ? xstrdup(src->owner_id) : NULL;
+}
+
+void task_release(task *t)
+{
+    if (!t)
+        return;
+    free(t->title);
+    free(t->description);
+    free(t->owner_id);
+    task empty = TASK_INIT;
+    *t = empty;
+}

@@ -1,0 +1,802 @@
+/*
+ * task_store.c - tasks and their events, group-committed (see
+ * task_store.h for the contract).
+ *
+ * Tables (in bus.db, next to the log's own):
+ *   tasks(id, title, description, owner_id, priority, completed, due_ms,
+ *         created_ms, updated_ms, completed_ms, version)
+ *   task_events(task_id, seq, event)   -- each task's events, kept after
+ *         the task is deleted and independent of the log's retention, for
+ *         GET /tasks/{id}/events; seq is the task's version after the change
+ *   idempotency_keys(key, request_hash, status, body, created_ms)
+ *
+ * Threads: one writer thread owns the write connection (a bus_log, so the
+ * event append and the consumers' wake-up come from the log module). Read
+ * connections are pooled: a caller borrows one, uses it, gives it back.
+ *
+ * A request's life: execute() links it into the queue and sleeps on
+ * done_cond; the writer takes the whole queue, BEGIN IMMEDIATE, runs each
+ * request in a SAVEPOINT, COMMIT, marks every request done, broadcasts. If
+ * the COMMIT itself fails every request of the batch reports STORE_FAILED.
+ */
+#include "store/task_store.h"
+
+#include "bus/sqlite_log.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TASK_TOPIC "task-events"
+#define TASK_SOURCE "task-api"
+#define IDEMPOTENCY_PURGE_INTERVAL_MS 60000
+
+static const char *store_schema =
+    "CREATE TABLE IF NOT EXISTS tasks("
+    "  id TEXT PRIMARY KEY, title TEXT NOT NULL, description TEXT,"
+    "  owner_id TEXT NOT NULL, priority INTEGER NOT NULL,"
+    "  completed INTEGER NOT NULL DEFAULT 0, due_ms INTEGER,"
+    "  created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL, completed_ms INTEGER,"
+    "  version INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS tasks_by_owner ON tasks(owner_id, id);"
+    "CREATE TABLE IF NOT EXISTS task_events("
+    "  task_id TEXT NOT NULL, seq INTEGER NOT NULL, event TEXT NOT NULL,"
+    "  PRIMARY KEY(task_id, seq)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS idempotency_keys("
+    "  key TEXT PRIMARY KEY, request_hash TEXT NOT NULL, status INTEGER NOT NULL,"
+    "  body TEXT NOT NULL, created_ms INTEGER NOT NULL) WITHOUT ROWID;";
+
+#define TASK_COLUMNS                                                                           \
+    "id, title, description, owner_id, priority, completed, due_ms, created_ms, updated_ms, "  \
+    "completed_ms, version"
+
+typedef struct reader {
+    sqlite3 *db;
+    sqlite3_stmt *get, *list, *events, *exists;
+    struct reader *next;
+} reader;
+
+struct task_store {
+    bus_log *log;
+    char *db_path;
+    /* writer statements */
+    sqlite3_stmt *w_get, *w_insert, *w_update, *w_delete, *w_event, *w_idem_get, *w_idem_put,
+        *w_idem_purge;
+    /* queue */
+    pthread_mutex_t lock;
+    pthread_cond_t work_cond;
+    pthread_cond_t done_cond;
+    store_request *head, *tail;
+    int stopping;
+    pthread_t writer;
+    int writer_started;
+    int64_t next_purge_ms;
+    uint64_t batches, requests;
+    /* read pool */
+    pthread_mutex_t pool_lock;
+    reader *pool;
+};
+
+void store_request_init(store_request *req, store_op op)
+{
+    memset(req, 0, sizeof(*req));
+    req->op = op;
+    task empty = TASK_INIT;
+    req->input = empty;
+    req->result = empty;
+}
+
+void store_request_release(store_request *req)
+{
+    task_release(&req->result);
+    free(req->replay_body);
+    req->replay_body = NULL;
+}
+
+/* ---- row <-> task ------------------------------------------------------ */
+
+static char *column_text_dup(sqlite3_stmt *s, int col)
+{
+    const unsigned char *t = sqlite3_column_text(s, col);
+    return t ? xstrdup((const char *)t) : NULL;
+}
+
+static void row_to_task(sqlite3_stmt *s, task *t)
+{
+    task_release(t);
+    util_strlcpy(t->id, (const char *)sqlite3_column_text(s, 0), sizeof(t->id));
+    t->title = column_text_dup(s, 1);
+    t->description = column_text_dup(s, 2);
+    t->owner_id = column_text_dup(s, 3);
+    t->priority = sqlite3_column_int(s, 4);
+    t->completed = sqlite3_column_int(s, 5);
+    t->due_ms = sqlite3_column_int64(s, 6);
+    t->created_ms = sqlite3_column_int64(s, 7);
+    t->updated_ms = sqlite3_column_int64(s, 8);
+    t->completed_ms = sqlite3_column_int64(s, 9);
+    t->version = sqlite3_column_int64(s, 10);
+}
+
+static void bind_text_or_null(sqlite3_stmt *s, int i, const char *v)
+{
+    if (v)
+        sqlite3_bind_text(s, i, v, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(s, i);
+}
+
+static void bind_ms_or_null(sqlite3_stmt *s, int i, int64_t ms)
+{
+    if (ms)
+        sqlite3_bind_int64(s, i, ms);
+    else
+        sqlite3_bind_null(s, i);
+}
+
+/* ---- the writer -------------------------------------------------------- */
+
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **stmt, char *err, size_t errlen)
+{
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) != SQLITE_OK)
+        return util_error(err, errlen, "cannot prepare '%.50s': %s", sql, sqlite3_errmsg(db));
+    return 0;
+}
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
+}
+
+/* Read the current row into *t. 1 found, 0 not, -1 error. */
+static int writer_get(task_store *s, const char *id, task *t)
+{
+    sqlite3_bind_text(s->w_get, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s->w_get);
+    if (rc == SQLITE_ROW)
+        row_to_task(s->w_get, t);
+    sqlite3_reset(s->w_get);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+static int writer_save(task_store *s, sqlite3_stmt *st, const task *t)
+{
+    sqlite3_bind_text(st, 1, t->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, t->title, -1, SQLITE_STATIC);
+    bind_text_or_null(st, 3, t->description);
+    sqlite3_bind_text(st, 4, t->owner_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 5, t->priority);
+    sqlite3_bind_int(st, 6, t->completed);
+    bind_ms_or_null(st, 7, t->due_ms);
+    sqlite3_bind_int64(st, 8, t->created_ms);
+    sqlite3_bind_int64(st, 9, t->updated_ms);
+    bind_ms_or_null(st, 10, t->completed_ms);
+    sqlite3_bind_int64(st, 11, t->version);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+static void set_time(json_t *o, const char *key, int64_t ms)
+{
+    char buf[EVENT_TIME_LEN + 1];
+    event_format_time(ms, buf);
+    json_object_set_new(o, key, json_string(buf));
+}
+
+/*
+ * Build the event for a change and write it to the log and to
+ * task_events, in the open transaction. data is stolen.
+ */
+static int writer_publish(task_store *s, store_request *req, const char *type, const char *verb,
+                          json_t *data, int64_t seq)
+{
+    char causation[TASK_ID_MAX + 32];
+    snprintf(causation, sizeof(causation), "api-%s-%s", verb, req->task_id);
+    event ev = EVENT_INIT;
+    int rc = event_build(&ev, type, data, req->correlation_id, causation, TASK_SOURCE, req->err,
+                         sizeof(req->err));
+    json_decref(data);
+    if (rc != 0)
+        return -1;
+    size_t len;
+    char *value = event_encode(&ev, &len);
+    bus_record rec = BUS_RECORD_INIT;
+    rec.topic = TASK_TOPIC;
+    rec.key = req->task_id;
+    rec.key_len = strlen(req->task_id);
+    rec.value = value;
+    rec.value_len = len;
+    rc = bus_log_append(s->log, &rec, 1, NULL, req->err, sizeof(req->err));
+    if (rc == 0) {
+        sqlite3_bind_text(s->w_event, 1, req->task_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(s->w_event, 2, seq);
+        sqlite3_bind_text(s->w_event, 3, value, (int)len, SQLITE_STATIC);
+        if (sqlite3_step(s->w_event) != SQLITE_DONE) {
+            util_error(req->err, sizeof(req->err), "cannot record event of task '%s': %s",
+                       req->task_id, sqlite3_errmsg(bus_log_db(s->log)));
+            rc = -1;
+        }
+        sqlite3_reset(s->w_event);
+    }
+    util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));
+    free(value);
+    event_release(&ev);
+    return rc;
+}
+
+static json_t *task_summary(const task *t)
+{
+    json_t *d = json_object();
+    json_object_set_new(d, "task_id", json_string(t->id));
+    json_object_set_new(d, "title", json_string(t->title));
+    json_object_set_new(d, "owner_id", json_string(t->owner_id));
+    json_object_set_new(d, "priority", json_integer(t->priority));
+    return d;
+}
+
+static int op_create(task_store *s, store_request *req)
+{
+    task t = TASK_INIT;
+    task_copy(&t, &req->input);
+    util_strlcpy(t.id, req->task_id, sizeof(t.id));
+    t.completed = 0;
+    t.created_ms = t.updated_ms = util_now_ms();
+    t.completed_ms = 0;
+    t.version = 1;
+    if (writer_save(s, s->w_insert, &t) != 0) {
+        util_error(req->err, sizeof(req->err), "cannot insert task '%s': %s", t.id,
+                   sqlite3_errmsg(bus_log_db(s->log)));
+        task_release(&t);
+        return -1;
+    }
+    json_t *data = task_summary(&t);
+    if (t.description)
+        json_object_set_new(data, "description", json_string(t.description));
+    if (t.due_ms)
+        set_time(data, "due_at", t.due_ms);
+    set_time(data, "created_at", t.created_ms);
+    int rc = writer_publish(s, req, "task.created", "create", data, t.version);
+    req->result = t;
+    req->outcome = STORE_DONE;
+    return rc;
+}
+
+/* Compare one patched field; record the change and apply it. */
+static void patch_string(json_t *changes, const char *field, char **slot, json_t *value)
+{
+    const char *nv = json_is_string(value) ? json_string_value(value) : NULL;
+    const char *ov = *slot;
+    if ((nv == NULL && ov == NULL) || (nv && ov && strcmp(nv, ov) == 0))
+        return;
+    json_t *c = json_object();
+    json_object_set_new(c, "old", ov ? json_string(ov) : json_null());
+    json_object_set_new(c, "new", nv ? json_string(nv) : json_null());
+    json_object_set_new(changes, field, c);
+    free(*slot);
+    *slot = nv ? xstrdup(nv) : NULL;
+}
+
+static json_t *time_json(int64_t ms)
+{
+    if (!ms)
+        return json_null();
+    char buf[EVENT_TIME_LEN + 1];
+    event_format_time(ms, buf);
+    return json_string(buf);
+}
+
+static int op_update(task_store *s, store_request *req, task *t)
+{
+    json_t *changes = json_object();
+    const char *key;
+    json_t *value;
+    json_object_foreach(req->patch, key, value)
+    {
+        if (strcmp(key, "title") == 0)
+            patch_string(changes, key, &t->title, value);
+        else if (strcmp(key, "description") == 0)
+            patch_string(changes, key, &t->description, value);
+        else if (strcmp(key, "owner_id") == 0)
+            patch_string(changes, key, &t->owner_id, value);
+        else if (strcmp(key, "priority") == 0) {
+            int p = (int)json_integer_value(value);
+            if (p != t->priority) {
+                json_t *c = json_object();
+                json_object_set_new(c, "old", json_integer(t->priority));
+                json_object_set_new(c, "new", json_integer(p));
+                json_object_set_new(changes, key, c);
+                t->priority = p;
+            }
+        } else if (strcmp(key, "due_at") == 0) {
+            int64_t ms = 0;
+            if (json_is_string(value))
+                event_parse_time(json_string_value(value), &ms);
+            if (ms != t->due_ms) {
+                json_t *c = json_object();
+                json_object_set_new(c, "old", time_json(t->due_ms));
+                json_object_set_new(c, "new", time_json(ms));
+                json_object_set_new(changes, key, c);
+                t->due_ms = ms;
+            }
+        }
+    }
+    if (json_object_size(changes) == 0) {
+        json_decref(changes);
+        req->outcome = STORE_UNCHANGED;
+        return 0;
+    }
+    t->version++;
+    t->updated_ms = util_now_ms();
+    if (writer_save(s, s->w_update, t) != 0) {
+        json_decref(changes);
+        return util_error(req->err, sizeof(req->err), "cannot update task '%s': %s", t->id,
+                          sqlite3_errmsg(bus_log_db(s->log)));
+    }
+    json_t *data = task_summary(t);
+    if (t->due_ms)
+        set_time(data, "due_at", t->due_ms);
+    json_object_set_new(data, "changes", changes);
+    json_object_set_new(data, "version", json_integer(t->version));
+    req->outcome = STORE_DONE;
+    return writer_publish(s, req, "task.updated", "update", data, t->version);
+}
+
+static int op_complete(task_store *s, store_request *req, task *t)
+{
+    if (t->completed) {
+        req->outcome = STORE_UNCHANGED;
+        return 0;
+    }
+    t->completed = 1;
+    t->completed_ms = t->updated_ms = util_now_ms();
+    t->version++;
+    if (writer_save(s, s->w_update, t) != 0)
+        return util_error(req->err, sizeof(req->err), "cannot complete task '%s': %s", t->id,
+                          sqlite3_errmsg(bus_log_db(s->log)));
+    json_t *data = task_summary(t);
+    set_time(data, "completed_at", t->completed_ms);
+    req->outcome = STORE_DONE;
+    return writer_publish(s, req, "task.completed", "complete", data, t->version);
+}
+
+static int op_delete(task_store *s, store_request *req, task *t)
+{
+    sqlite3_bind_text(s->w_delete, 1, t->id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s->w_delete);
+    sqlite3_reset(s->w_delete);
+    if (rc != SQLITE_DONE)
+        return util_error(req->err, sizeof(req->err), "cannot delete task '%s': %s", t->id,
+                          sqlite3_errmsg(bus_log_db(s->log)));
+    t->version++;
+    json_t *data = task_summary(t);
+    set_time(data, "deleted_at", util_now_ms());
+    req->outcome = STORE_DONE;
+    return writer_publish(s, req, "task.deleted", "delete", data, t->version);
+}
+
+/* Idempotency: 1 if the request was answered from the table, 0 to go on. */
+static int idempotency_check(task_store *s, store_request *req)
+{
+    sqlite3_stmt *st = s->w_idem_get;
+    sqlite3_bind_text(st, 1, req->idempotency_key, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    int answered = 0;
+    if (rc == SQLITE_ROW) {
+        const char *hash = (const char *)sqlite3_column_text(st, 0);
+        if (hash && strcmp(hash, req->request_hash) == 0) {
+            req->outcome = STORE_REPLAYED;
+            req->replay_status = sqlite3_column_int(st, 1);
+            req->replay_body = column_text_dup(st, 2);
+        } else {
+            req->outcome = STORE_KEY_REUSED;
+        }
+        answered = 1;
+    }
+    sqlite3_reset(st);
+    return answered;
+}
+
+static int idempotency_record(task_store *s, store_request *req)
+{
+    int status = 0;
+    char *body = req->render(req, &status);
+    sqlite3_stmt *st = s->w_idem_put;
+    sqlite3_bind_text(st, 1, req->idempotency_key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, req->request_hash, -1, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, status);
+    sqlite3_bind_text(st, 4, body, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, util_now_ms());
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    free(body);
+    if (rc != SQLITE_DONE)
+        return util_error(req->err, sizeof(req->err), "cannot record idempotency key: %s",
+                          sqlite3_errmsg(bus_log_db(s->log)));
+    return 0;
+}
+
+/* Run one request inside the open transaction. 0, or -1 (roll it back). */
+static int run_request(task_store *s, store_request *req)
+{
+    if (req->idempotency_key && idempotency_check(s, req))
+        return 0;
+    int rc;
+    if (req->op == STORE_CREATE) {
+        rc = op_create(s, req);
+    } else {
+        task t = TASK_INIT;
+        int found = writer_get(s, req->task_id, &t);
+        if (found < 0) {
+            util_error(req->err, sizeof(req->err), "cannot read task '%s': %s", req->task_id,
+                       sqlite3_errmsg(bus_log_db(s->log)));
+            return -1;
+        }
+        if (!found) {
+            req->outcome = STORE_NOT_FOUND;
+            return 0;
+        }
+        if (req->if_match && req->if_match != t.version) {
+            req->outcome = STORE_VERSION_MISMATCH;
+            req->result = t;
+            return 0;
+        }
+        rc = req->op == STORE_UPDATE     ? op_update(s, req, &t)
+             : req->op == STORE_COMPLETE ? op_complete(s, req, &t)
+                                         : op_delete(s, req, &t);
+        task_release(&req->result);
+        req->result = t;
+    }
+    if (rc == 0 && req->idempotency_key && req->render)
+        rc = idempotency_record(s, req);
+    return rc;
+}
+
+static void purge_idempotency_keys(task_store *s)
+{
+    int64_t now = util_now_ms();
+    if (now < s->next_purge_ms)
+        return;
+    s->next_purge_ms = now + IDEMPOTENCY_PURGE_INTERVAL_MS;
+    sqlite3_bind_int64(s->w_idem_purge, 1, now - STORE_IDEMPOTENCY_TTL_MS);
+    sqlite3_step(s->w_idem_purge);
+    sqlite3_reset(s->w_idem_purge);
+}
+
+static void run_batch(task_store *s, store_request *batch)
+{
+    sqlite3 *db = bus_log_db(s->log);
+    char err[256];
+    size_t n = 0;
+    if (bus_log_begin(s->log, err, sizeof(err)) != 0) {
+        for (store_request *r = batch; r; r = r->next_)
+            r->outcome = STORE_FAILED, util_strlcpy(r->err, err, sizeof(r->err));
+        return;
+    }
+    purge_idempotency_keys(s);
+    for (store_request *r = batch; r; r = r->next_, n++) {
+        exec_sql(db, "SAVEPOINT req");
+        if (run_request(s, r) != 0) {
+            exec_sql(db, "ROLLBACK TO req");
+            r->outcome = STORE_FAILED;
+            task_release(&r->result);
+            LOG_ERROR_CID(r->correlation_id, "store: %s", r->err);
+        }
+        exec_sql(db, "RELEASE req");
+    }
+    if (bus_log_commit(s->log, err, sizeof(err)) != 0) {
+        LOG_ERROR("store: batch of %zu requests failed to commit: %s", n, err);
+        for (store_request *r = batch; r; r = r->next_) {
+            r->outcome = STORE_FAILED;
+            util_strlcpy(r->err, err, sizeof(r->err));
+        }
+        return;
+    }
+    s->batches++;
+    s->requests += n;
+}
+
+static void *writer_main(void *arg)
+{
+    task_store *s = arg;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->head && !s->stopping)
+            pthread_cond_wait(&s->work_cond, &s->lock);
+        if (!s->head && s->stopping)
+            break;
+        /* take up to STORE_MAX_BATCH requests */
+        store_request *batch = s->head, *last = s->head;
+        size_t n = 1;
+        while (last->next_ && n < STORE_MAX_BATCH) {
+            last = last->next_;
+            n++;
+        }
+        s->head = last->next_;
+        if (!s->head)
+            s->tail = NULL;
+        last->next_ = NULL;
+        pthread_mutex_unlock(&s->lock);
+
+        run_batch(s, batch);
+
+        pthread_mutex_lock(&s->lock);
+        for (store_request *r = batch; r;) {
+            store_request *next = r->next_;
+            r->next_ = NULL;
+            r->done_ = 1;
+            r = next;
+        }
+        pthread_cond_broadcast(&s->done_cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+int task_store_execute(task_store *s, store_request *req)
+{
+    req->done_ = 0;
+    req->next_ = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->lock);
+        return -1;
+    }
+    if (s->tail)
+        s->tail->next_ = req;
+    else
+        s->head = req;
+    s->tail = req;
+    pthread_cond_signal(&s->work_cond);
+    while (!req->done_)
+        pthread_cond_wait(&s->done_cond, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+/* ---- open / close ------------------------------------------------------ */
+
+task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
+{
+    task_store *s = xcalloc(1, sizeof(*s));
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->work_cond, NULL);
+    pthread_cond_init(&s->done_cond, NULL);
+    pthread_mutex_init(&s->pool_lock, NULL);
+    s->log = bus_log_open(cfg, err, errlen);
+    if (!s->log)
+        goto fail;
+    s->db_path = xstrdup(bus_log_db_path(s->log));
+    sqlite3 *db = bus_log_db(s->log);
+    if (bus_log_begin(s->log, err, errlen) != 0)
+        goto fail;
+    char *msg = NULL;
+    if (sqlite3_exec(db, store_schema, NULL, NULL, &msg) != SQLITE_OK) {
+        util_error(err, errlen, "cannot create the task tables in '%s': %s", s->db_path, msg);
+        sqlite3_free(msg);
+        bus_log_rollback(s->log);
+        goto fail;
+    }
+    if (bus_log_commit(s->log, err, errlen) != 0)
+        goto fail;
+    if (prepare(db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1", &s->w_get, err,
+                errlen) != 0 ||
+        prepare(db, "INSERT INTO tasks(" TASK_COLUMNS ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
+                &s->w_insert, err, errlen) != 0 ||
+        prepare(db,
+                "UPDATE tasks SET title=?2, description=?3, owner_id=?4, priority=?5, "
+                "completed=?6, due_ms=?7, created_ms=?8, updated_ms=?9, completed_ms=?10, "
+                "version=?11 WHERE id=?1",
+                &s->w_update, err, errlen) != 0 ||
+        prepare(db, "DELETE FROM tasks WHERE id = ?1", &s->w_delete, err, errlen) != 0 ||
+        prepare(db, "INSERT INTO task_events(task_id, seq, event) VALUES(?1, ?2, ?3)",
+                &s->w_event, err, errlen) != 0 ||
+        prepare(db, "SELECT request_hash, status, body FROM idempotency_keys WHERE key = ?1",
+                &s->w_idem_get, err, errlen) != 0 ||
+        prepare(db,
+                "INSERT INTO idempotency_keys(key, request_hash, status, body, created_ms) "
+                "VALUES(?1, ?2, ?3, ?4, ?5)",
+                &s->w_idem_put, err, errlen) != 0 ||
+        prepare(db, "DELETE FROM idempotency_keys WHERE created_ms < ?1", &s->w_idem_purge, err,
+                errlen) != 0)
+        goto fail;
+    if (pthread_create(&s->writer, NULL, writer_main, s) != 0) {
+        util_error(err, errlen, "cannot start the store's writer thread");
+        goto fail;
+    }
+    s->writer_started = 1;
+    return s;
+fail:
+    task_store_close(s);
+    return NULL;
+}
+
+static void reader_free(reader *r)
+{
+    sqlite3_finalize(r->get);
+    sqlite3_finalize(r->list);
+    sqlite3_finalize(r->events);
+    sqlite3_finalize(r->exists);
+    sqlite3_close_v2(r->db);
+    free(r);
+}
+
+void task_store_close(task_store *s)
+{
+    if (!s)
+        return;
+    if (s->writer_started) {
+        pthread_mutex_lock(&s->lock);
+        s->stopping = 1;
+        pthread_cond_signal(&s->work_cond);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->writer, NULL);
+    }
+    sqlite3_finalize(s->w_get);
+    sqlite3_finalize(s->w_insert);
+    sqlite3_finalize(s->w_update);
+    sqlite3_finalize(s->w_delete);
+    sqlite3_finalize(s->w_event);
+    sqlite3_finalize(s->w_idem_get);
+    sqlite3_finalize(s->w_idem_put);
+    sqlite3_finalize(s->w_idem_purge);
+    bus_log_close(s->log);
+    while (s->pool) {
+        reader *r = s->pool;
+        s->pool = r->next;
+        reader_free(r);
+    }
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->work_cond);
+    pthread_cond_destroy(&s->done_cond);
+    pthread_mutex_destroy(&s->pool_lock);
+    free(s->db_path);
+    free(s);
+}
+
+void task_store_stats(task_store *s, uint64_t *batches, uint64_t *requests)
+{
+    pthread_mutex_lock(&s->lock);
+    *batches = s->batches;
+    *requests = s->requests;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- reads ------------------------------------------------------------- */
+
+static reader *reader_borrow(task_store *s, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&s->pool_lock);
+    reader *r = s->pool;
+    if (r)
+        s->pool = r->next;
+    pthread_mutex_unlock(&s->pool_lock);
+    if (r)
+        return r;
+    r = xcalloc(1, sizeof(*r));
+    if (sqlite3_open_v2(s->db_path, &r->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        util_error(err, errlen, "cannot open '%s' for reading: %s", s->db_path,
+                   sqlite3_errmsg(r->db));
+        reader_free(r);
+        return NULL;
+    }
+    sqlite3_busy_timeout(r->db, 5000);
+    if (exec_sql(r->db, "PRAGMA query_only=1") != 0 ||
+        prepare(r->db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1", &r->get, err,
+                errlen) != 0 ||
+        prepare(r->db,
+                "SELECT " TASK_COLUMNS " FROM tasks WHERE (?1 IS NULL OR owner_id = ?1) AND "
+                "(?2 IS NULL OR completed = ?2) AND id > ?3 ORDER BY id LIMIT ?4",
+                &r->list, err, errlen) != 0 ||
+        prepare(r->db, "SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq",
+                &r->events, err, errlen) != 0) {
+        reader_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void reader_return(task_store *s, reader *r)
+{
+    pthread_mutex_lock(&s->pool_lock);
+    r->next = s->pool;
+    s->pool = r;
+    pthread_mutex_unlock(&s->pool_lock);
+}
+
+int task_store_get(task_store *s, const char *id, task *out, char *err, size_t errlen)
+{
+    reader *r = reader_borrow(s, err, errlen);
+    if (!r)
+        return -1;
+    sqlite3_bind_text(r->get, 1, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(r->get);
+    if (rc == SQLITE_ROW)
+        row_to_task(r->get, out);
+    else if (rc != SQLITE_DONE)
+        util_error(err, errlen, "cannot read task '%s': %s", id, sqlite3_errmsg(r->db));
+    sqlite3_reset(r->get);
+    reader_return(s, r);
+    return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+int task_store_list(task_store *s, const char *owner_id, const char *status, const char *after,
+                    int limit, task **out, size_t *count, int *more, char *err, size_t errlen)
+{
+    *out = NULL;
+    *count = 0;
+    *more = 0;
+    reader *r = reader_borrow(s, err, errlen);
+    if (!r)
+        return -1;
+    sqlite3_stmt *st = r->list;
+    bind_text_or_null(st, 1, owner_id);
+    if (status)
+        sqlite3_bind_int(st, 2, strcmp(status, "completed") == 0);
+    else
+        sqlite3_bind_null(st, 2);
+    sqlite3_bind_text(st, 3, after ? after : "", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, 4, limit + 1);
+    task *tasks = xcalloc((size_t)limit + 1, sizeof(task));
+    size_t n = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == (size_t)limit) {
+            *more = 1;
+            break;
+        }
+        task empty = TASK_INIT;
+        tasks[n] = empty;
+        row_to_task(st, &tasks[n++]);
+    }
+    int ok = rc == SQLITE_ROW || rc == SQLITE_DONE;
+    if (!ok)
+        util_error(err, errlen, "cannot list tasks: %s", sqlite3_errmsg(r->db));
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    reader_return(s, r);
+    if (!ok) {
+        for (size_t i = 0; i < n; i++)
+            task_release(&tasks[i]);
+        free(tasks);
+        return -1;
+    }
+    *out = tasks;
+    *count = n;
+    return 0;
+}
+
+int task_store_events(task_store *s, const char *id, json_t **events, char *err, size_t errlen)
+{
+    *events = NULL;
+    reader *r = reader_borrow(s, err, errlen);
+    if (!r)
+        return -1;
+    json_t *arr = json_array();
+    sqlite3_bind_text(r->events, 1, id, -1, SQLITE_STATIC);
+    int rc;
+    while ((rc = sqlite3_step(r->events)) == SQLITE_ROW) {
+        const char *text = (const char *)sqlite3_column_text(r->events, 0);
+        json_t *ev = text ? json_loads(text, 0, NULL) : NULL;
+        if (ev)
+            json_array_append_new(arr, ev);
+    }
+    sqlite3_reset(r->events);
+    reader_return(s, r);
+    if (rc != SQLITE_DONE) {
+        util_error(err, errlen, "cannot read events of task '%s'", id);
+        json_decref(arr);
+        return -1;
+    }
+    if (json_array_size(arr) == 0) {
+        json_decref(arr);
+        return 0;
+    }
+    *events = arr;
+    return 1;
+}
