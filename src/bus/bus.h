@@ -9,8 +9,8 @@
  * auto.offset.reset rule applied only when a group has no committed offset.
  *
  * Embedded backend specifics (see sqlite_log.h for the transactional API):
- *  - one partition per topic (partition is always 0); offsets are the
- *    log's global sequence, so they grow within a topic but are not dense;
+ *  - one partition per topic (partition is always 0); offsets within a
+ *    topic are dense and start at 1;
  *  - a committed offset is the NEXT offset to read, as in Kafka.
  *
  * Threads: a producer or a consumer is used by one thread at a time;

@@ -438,11 +438,23 @@ static void forget_positions(bus_consumer_sqlite *c)
     c->round_robin = 0;
 }
 
+/* Does process pid exist (and is not a zombie waiting to be reaped)? */
 static int pid_alive(int64_t pid)
 {
     if (pid <= 0 || pid > INT32_MAX)
         return 0;
-    return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 0;
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%lld/stat", (long long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 1; /* no /proc: trust kill() */
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')'); /* "pid (comm) STATE ..." */
+    return !(paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'));
 }
 
 /*

@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/file.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +144,7 @@ void bus_log_topic_table(int64_t topic_id, char *out, size_t len)
 
 bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen)
 {
+    int lock_fd = -1;
     bus_log *log = xcalloc(1, sizeof(*log));
     log->notify_fd = -1;
     const char *dir = cfg->data_dir && *cfg->data_dir ? cfg->data_dir : ".";
@@ -157,6 +159,19 @@ bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen)
     snprintf(log->notify_path, n, "%s/%s", dir, BUS_LOG_NOTIFY_FILE);
 
     sqlite_global_setup();
+    /* Switching a new database to WAL races between processes opening it at
+     * the same moment (SQLite answers BUSY without calling the busy
+     * handler): set-up and schema creation hold an exclusive lock file. */
+    size_t lock_len = strlen(dir) + sizeof(BUS_LOG_LOCK_FILE) + 2;
+    char *lock_path = xmalloc(lock_len);
+    snprintf(lock_path, lock_len, "%s/%s", dir, BUS_LOG_LOCK_FILE);
+    lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX) != 0) {
+        util_error(err, errlen, "cannot lock '%s': %s", lock_path, strerror(errno));
+        free(lock_path);
+        goto fail;
+    }
+    free(lock_path);
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(log->db_path, &log->db, flags, NULL) != SQLITE_OK) {
         util_error(err, errlen, "cannot open event log '%s': %s", log->db_path,
@@ -199,8 +214,11 @@ bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen)
                    strerror(errno));
         goto fail;
     }
+    close(lock_fd); /* releases the set-up lock */
     return log;
 fail:
+    if (lock_fd >= 0)
+        close(lock_fd);
     bus_log_close(log);
     return NULL;
 }

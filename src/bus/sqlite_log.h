@@ -32,6 +32,7 @@ typedef struct bus_log bus_log;
 /* File names inside the data directory. */
 #define BUS_LOG_FILE "bus.db"
 #define BUS_LOG_NOTIFY_FILE "bus.notify"
+#define BUS_LOG_LOCK_FILE "bus.lock"
 
 /*
  * Open (creating the directory, the database and its schema if needed) the

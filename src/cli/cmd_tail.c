@@ -162,7 +162,10 @@ int cmd_tail(int argc, char **argv, herald_config *cfg)
             status = CLI_OK;
             goto out;
         }
-        if (n && bus_consumer_commit(consumer, err, sizeof(err)) != 0) {
+        /* commit even after an empty poll: a group's first run records
+         * where the reset rule put it, so --from latest loses nothing
+         * published between two runs (a no-op when nothing moved) */
+        if (bus_consumer_commit(consumer, err, sizeof(err)) != 0) {
             fprintf(stderr, "herald tail: %s\n", err);
             goto out;
         }

@@ -117,6 +117,8 @@ static int consume(int argc, char **argv, bus_config *cfg)
     sub.pattern = pattern;
     sub.reset = strcmp(from, "latest") == 0 ? BUS_RESET_LATEST : BUS_RESET_EARLIEST;
     sub.max_batch = (size_t)batch;
+    if (max > 0 && (batch == 0 || batch > max))
+        sub.max_batch = (size_t)max; /* never print more than --max */
     char err[512];
     bus_consumer *c = bus_consumer_open(cfg, &sub, err, sizeof(err));
     if (!c) {
