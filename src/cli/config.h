@@ -22,7 +22,10 @@ typedef struct herald_config {
     char *log_level;      /* HERALD_LOG_LEVEL, --log-level */
 } herald_config;
 
-#define HERALD_CONFIG_INIT {NULL, NULL, 0, 1, NULL}
+#define HERALD_CONFIG_INIT                                                                         \
+    {                                                                                              \
+        NULL, NULL, 0, 1, NULL                                                                     \
+    }
 
 /* Fill cfg with the defaults, then apply the environment. 0 or -1 + err. */
 int config_load(herald_config *cfg, char *err, size_t errlen);
@@ -31,8 +34,7 @@ int config_load(herald_config *cfg, char *err, size_t errlen);
  * Apply one setting by its flag name ("data-dir", "bus", ...). Returns 0,
  * 1 if name is not a setting, or -1 with err filled for a bad value.
  */
-int config_set(herald_config *cfg, const char *name, const char *value, char *err,
-               size_t errlen);
+int config_set(herald_config *cfg, const char *name, const char *value, char *err, size_t errlen);
 
 /* Fill a bus configuration from cfg (pointers borrow cfg's strings). */
 int config_bus(const herald_config *cfg, bus_config *bus, char *err, size_t errlen);
