@@ -61,8 +61,8 @@ int bus_message_header(const bus_message *m, const char *name, const char **valu
             break;
         const unsigned char *nm = p + 2;
         const unsigned char *vp = nm + nl;
-        size_t vl = (size_t)vp[0] | ((size_t)vp[1] << 8) | ((size_t)vp[2] << 16) |
-                    ((size_t)vp[3] << 24);
+        size_t vl =
+            (size_t)vp[0] | ((size_t)vp[1] << 8) | ((size_t)vp[2] << 16) | ((size_t)vp[3] << 24);
         if (vp + 4 + vl > end)
             break;
         if (nl == want && memcmp(nm, name, nl) == 0) {
@@ -98,8 +98,8 @@ bus_producer *bus_producer_open(const bus_config *cfg, char *err, size_t errlen)
     return p;
 }
 
-int bus_produce(bus_producer *p, const bus_record *records, size_t n, int64_t *offsets,
-                char *err, size_t errlen)
+int bus_produce(bus_producer *p, const bus_record *records, size_t n, int64_t *offsets, char *err,
+                size_t errlen)
 {
     if (n == 0)
         return 0;

@@ -9,8 +9,8 @@
  * auto.offset.reset rule applied only when a group has no committed offset.
  *
  * Embedded backend specifics (see sqlite_log.h for the transactional API):
- *  - one partition per topic (partition is always 0); offsets are the
- *    log's global sequence, so they grow within a topic but are not dense;
+ *  - one partition per topic (partition is always 0); offsets within a
+ *    topic are dense and start at 1;
  *  - a committed offset is the NEXT offset to read, as in Kafka.
  *
  * Threads: a producer or a consumer is used by one thread at a time;
@@ -43,7 +43,9 @@ typedef struct bus_record {
     size_t header_count;
 } bus_record;
 
-#define BUS_RECORD_INIT {NULL, NULL, 0, NULL, 0, NULL, 0}
+/* clang-format off */
+#define BUS_RECORD_INIT { NULL, NULL, 0, NULL, 0, NULL, 0 }
+/* clang-format on */
 
 /*
  * A consumed record. Every pointer points into memory owned by the consumer
@@ -75,15 +77,17 @@ enum bus_kind { BUS_SQLITE = 0 };
 
 typedef struct bus_config {
     enum bus_kind kind;
-    const char *data_dir;   /* embedded: the log is data_dir/bus.db */
-    int64_t retention_ms;   /* delete events older than this; <= 0 keeps all */
-    int synchronous_full;   /* 1: fsync every commit (SQLite synchronous=FULL);
-                               0: NORMAL (survives kill -9, not power loss) */
+    const char *data_dir; /* embedded: the log is data_dir/bus.db */
+    int64_t retention_ms; /* delete events older than this; <= 0 keeps all */
+    int synchronous_full; /* 1: fsync every commit (SQLite synchronous=FULL);
+                             0: NORMAL (survives kill -9, not power loss) */
 } bus_config;
 
 /* Defaults: sqlite, "./herald-data", 7 days, synchronous FULL. */
 #define BUS_DEFAULT_RETENTION_MS (7LL * 24 * 3600 * 1000)
-#define BUS_CONFIG_INIT {BUS_SQLITE, "./herald-data", BUS_DEFAULT_RETENTION_MS, 1}
+/* clang-format off */
+#define BUS_CONFIG_INIT { BUS_SQLITE, "./herald-data", BUS_DEFAULT_RETENTION_MS, 1 }
+/* clang-format on */
 
 /*
  * Parse a HERALD_BUS value into cfg->kind: "sqlite" (or empty). Returns 0,
@@ -106,8 +110,8 @@ bus_producer *bus_producer_open(const bus_config *cfg, char *err, size_t errlen)
  * (embedded: one SQLite transaction). offsets (may be NULL) receives each
  * record's offset. Returns 0, or -1 with err filled.
  */
-int bus_produce(bus_producer *p, const bus_record *records, size_t n, int64_t *offsets,
-                char *err, size_t errlen);
+int bus_produce(bus_producer *p, const bus_record *records, size_t n, int64_t *offsets, char *err,
+                size_t errlen);
 
 /* Close the producer; NULL is a no-op. */
 void bus_producer_close(bus_producer *p);
@@ -117,9 +121,9 @@ void bus_producer_close(bus_producer *p);
 enum bus_offset_reset { BUS_RESET_EARLIEST = 0, BUS_RESET_LATEST };
 
 typedef struct bus_subscription {
-    const char *group_id;        /* NULL: read without a group (nothing is
-                                    committed, reset rule always applies) */
-    const char *const *topics;   /* explicit topic names, or ... */
+    const char *group_id;      /* NULL: read without a group (nothing is
+                                  committed, reset rule always applies) */
+    const char *const *topics; /* explicit topic names, or ... */
     size_t topic_count;
     const char *pattern;         /* ... a POSIX extended regex over topic
                                     names, e.g. "^.*-events$"; new topics
@@ -128,7 +132,9 @@ typedef struct bus_subscription {
     size_t max_batch;            /* most messages per poll; 0 means 1000 */
 } bus_subscription;
 
-#define BUS_SUBSCRIPTION_INIT {NULL, NULL, 0, NULL, BUS_RESET_EARLIEST, 0}
+/* clang-format off */
+#define BUS_SUBSCRIPTION_INIT { NULL, NULL, 0, NULL, BUS_RESET_EARLIEST, 0 }
+/* clang-format on */
 
 typedef struct bus_consumer bus_consumer;
 

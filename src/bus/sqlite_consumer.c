@@ -61,8 +61,8 @@
 typedef struct topic_state {
     char *name;
     int64_t id;
-    int64_t position;  /* next offset to read */
-    int64_t committed; /* last committed next_offset, -1 if none */
+    int64_t position;    /* next offset to read */
+    int64_t committed;   /* last committed next_offset, -1 if none */
     sqlite3_stmt *fetch; /* next records of this topic's table */
 } topic_state;
 
@@ -84,7 +84,7 @@ struct bus_consumer_sqlite {
 
     /* group membership (see the top of the file) */
     char owner[64];
-    int member;            /* holds the lease */
+    int member; /* holds the lease */
     int standby_logged;
     int64_t lease_renew_at; /* wall ms: renew the lease after this */
     int64_t next_check_ms;  /* standby: next look at the lease */
@@ -113,9 +113,8 @@ static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **stmt, char *err,
     return 0;
 }
 
-bus_consumer_sqlite *bus_consumer_sqlite_open(const bus_config *cfg,
-                                              const bus_subscription *sub, char *err,
-                                              size_t errlen)
+bus_consumer_sqlite *bus_consumer_sqlite_open(const bus_config *cfg, const bus_subscription *sub,
+                                              char *err, size_t errlen)
 {
     if (!sub->pattern && sub->topic_count == 0) {
         util_error(err, errlen, "subscription names no topic and no pattern");
@@ -156,8 +155,8 @@ bus_consumer_sqlite *bus_consumer_sqlite_open(const bus_config *cfg,
     if (!c->log)
         goto fail;
     sqlite3 *db = bus_log_db(c->log);
-    if (prepare(db, "SELECT id, name, deleted_upto FROM topics ORDER BY id", &c->list_topics,
-                err, errlen) != 0 ||
+    if (prepare(db, "SELECT id, name, deleted_upto FROM topics ORDER BY id", &c->list_topics, err,
+                errlen) != 0 ||
         prepare(db, "SELECT next_offset FROM offsets WHERE group_name = ?1 AND topic_id = ?2",
                 &c->committed, err, errlen) != 0 ||
         prepare(db,
@@ -172,8 +171,7 @@ bus_consumer_sqlite *bus_consumer_sqlite_open(const bus_config *cfg,
                 "VALUES(?1, ?2, ?3, ?4) ON CONFLICT(group_name) DO UPDATE SET "
                 "owner = excluded.owner, pid = excluded.pid, expires_ms = excluded.expires_ms",
                 &c->lease_take, err, errlen) != 0 ||
-        prepare(db,
-                "UPDATE group_leases SET expires_ms = ?3 WHERE group_name = ?1 AND owner = ?2",
+        prepare(db, "UPDATE group_leases SET expires_ms = ?3 WHERE group_name = ?1 AND owner = ?2",
                 &c->lease_renew, err, errlen) != 0 ||
         prepare(db, "DELETE FROM group_leases WHERE group_name = ?1 AND owner = ?2",
                 &c->lease_release, err, errlen) != 0)
@@ -404,8 +402,8 @@ static long fetch(bus_consumer_sqlite *c, char *err, size_t errlen)
             m->value_len = (size_t)sqlite3_column_bytes(s, 3);
             r->value = arena_put(c, sqlite3_column_blob(s, 3), m->value_len);
             m->headers_len = (size_t)sqlite3_column_bytes(s, 4);
-            r->headers = m->headers_len ? arena_put(c, sqlite3_column_blob(s, 4), m->headers_len)
-                                        : SIZE_MAX;
+            r->headers =
+                m->headers_len ? arena_put(c, sqlite3_column_blob(s, 4), m->headers_len) : SIZE_MAX;
             t->position = m->offset + 1;
             n++;
         }
@@ -438,11 +436,23 @@ static void forget_positions(bus_consumer_sqlite *c)
     c->round_robin = 0;
 }
 
+/* Does process pid exist (and is not a zombie waiting to be reaped)? */
 static int pid_alive(int64_t pid)
 {
     if (pid <= 0 || pid > INT32_MAX)
         return 0;
-    return kill((pid_t)pid, 0) == 0 || errno != ESRCH;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 0;
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%lld/stat", (long long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 1; /* no /proc: trust kill() */
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')'); /* "pid (comm) STATE ..." */
+    return !(paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'));
 }
 
 /*
@@ -473,8 +483,8 @@ static int ensure_membership(bus_consumer_sqlite *c, char *err, size_t errlen)
             const char *owner = (const char *)sqlite3_column_text(c->lease_read, 0);
             holder_pid = sqlite3_column_int64(c->lease_read, 1);
             int64_t expires = sqlite3_column_int64(c->lease_read, 2);
-            free_to_take = (owner && strcmp(owner, c->owner) == 0) || expires < now ||
-                           !pid_alive(holder_pid);
+            free_to_take =
+                (owner && strcmp(owner, c->owner) == 0) || expires < now || !pid_alive(holder_pid);
         }
         sqlite3_reset(c->lease_read);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
@@ -491,8 +501,8 @@ static int ensure_membership(bus_consumer_sqlite *c, char *err, size_t errlen)
                 LOG_WARN("group '%s': lost its membership to pid %lld; standing by", c->group,
                          (long long)holder_pid);
             else if (!c->standby_logged)
-                LOG_INFO("group '%s' is consumed by pid %lld; standing by until it stops",
-                         c->group, (long long)holder_pid);
+                LOG_INFO("group '%s' is consumed by pid %lld; standing by until it stops", c->group,
+                         (long long)holder_pid);
             c->standby_logged = 1;
             if (c->member)
                 forget_positions(c);

@@ -13,9 +13,8 @@
 typedef struct bus_consumer_sqlite bus_consumer_sqlite;
 
 /* As bus_consumer_open() for the embedded log. */
-bus_consumer_sqlite *bus_consumer_sqlite_open(const bus_config *cfg,
-                                              const bus_subscription *sub, char *err,
-                                              size_t errlen);
+bus_consumer_sqlite *bus_consumer_sqlite_open(const bus_config *cfg, const bus_subscription *sub,
+                                              char *err, size_t errlen);
 /* As bus_consumer_poll(). */
 int bus_consumer_sqlite_poll(bus_consumer_sqlite *c, int timeout_ms, const bus_message **msgs,
                              size_t *count, char *err, size_t errlen);

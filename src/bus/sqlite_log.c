@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/file.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,23 +69,22 @@ struct bus_log {
     size_t topic_count;
 };
 
-static const char *schema_sql =
-    "CREATE TABLE IF NOT EXISTS topics("
-    "  id INTEGER PRIMARY KEY,"
-    "  name TEXT NOT NULL UNIQUE,"
-    "  deleted_upto INTEGER NOT NULL DEFAULT 0,"
-    "  created_ms INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS offsets("
-    "  group_name TEXT NOT NULL,"
-    "  topic_id INTEGER NOT NULL,"
-    "  next_offset INTEGER NOT NULL,"
-    "  committed_ms INTEGER NOT NULL,"
-    "  PRIMARY KEY(group_name, topic_id)) WITHOUT ROWID;"
-    "CREATE TABLE IF NOT EXISTS group_leases("
-    "  group_name TEXT PRIMARY KEY,"
-    "  owner TEXT NOT NULL,"
-    "  pid INTEGER NOT NULL,"
-    "  expires_ms INTEGER NOT NULL);";
+static const char *schema_sql = "CREATE TABLE IF NOT EXISTS topics("
+                                "  id INTEGER PRIMARY KEY,"
+                                "  name TEXT NOT NULL UNIQUE,"
+                                "  deleted_upto INTEGER NOT NULL DEFAULT 0,"
+                                "  created_ms INTEGER NOT NULL);"
+                                "CREATE TABLE IF NOT EXISTS offsets("
+                                "  group_name TEXT NOT NULL,"
+                                "  topic_id INTEGER NOT NULL,"
+                                "  next_offset INTEGER NOT NULL,"
+                                "  committed_ms INTEGER NOT NULL,"
+                                "  PRIMARY KEY(group_name, topic_id)) WITHOUT ROWID;"
+                                "CREATE TABLE IF NOT EXISTS group_leases("
+                                "  group_name TEXT PRIMARY KEY,"
+                                "  owner TEXT NOT NULL,"
+                                "  pid INTEGER NOT NULL,"
+                                "  expires_ms INTEGER NOT NULL);";
 
 /* Process-wide SQLite settings, applied once before the first connection:
  * no global memory statistics (they take a mutex on every allocation), and
@@ -129,10 +129,8 @@ static int exec_sql(sqlite3 *db, const char *sql, char *err, size_t errlen)
 
 static int prepare(bus_log *log, const char *sql, sqlite3_stmt **stmt, char *err, size_t errlen)
 {
-    if (sqlite3_prepare_v3(log->db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) !=
-        SQLITE_OK)
-        return util_error(err, errlen, "cannot prepare '%.60s': %s", sql,
-                          sqlite3_errmsg(log->db));
+    if (sqlite3_prepare_v3(log->db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) != SQLITE_OK)
+        return util_error(err, errlen, "cannot prepare '%.60s': %s", sql, sqlite3_errmsg(log->db));
     return 0;
 }
 
@@ -143,6 +141,7 @@ void bus_log_topic_table(int64_t topic_id, char *out, size_t len)
 
 bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen)
 {
+    int lock_fd = -1;
     bus_log *log = xcalloc(1, sizeof(*log));
     log->notify_fd = -1;
     const char *dir = cfg->data_dir && *cfg->data_dir ? cfg->data_dir : ".";
@@ -157,6 +156,19 @@ bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen)
     snprintf(log->notify_path, n, "%s/%s", dir, BUS_LOG_NOTIFY_FILE);
 
     sqlite_global_setup();
+    /* Switching a new database to WAL races between processes opening it at
+     * the same moment (SQLite answers BUSY without calling the busy
+     * handler): set-up and schema creation hold an exclusive lock file. */
+    size_t lock_len = strlen(dir) + sizeof(BUS_LOG_LOCK_FILE) + 2;
+    char *lock_path = xmalloc(lock_len);
+    snprintf(lock_path, lock_len, "%s/%s", dir, BUS_LOG_LOCK_FILE);
+    lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd < 0 || flock(lock_fd, LOCK_EX) != 0) {
+        util_error(err, errlen, "cannot lock '%s': %s", lock_path, strerror(errno));
+        free(lock_path);
+        goto fail;
+    }
+    free(lock_path);
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(log->db_path, &log->db, flags, NULL) != SQLITE_OK) {
         util_error(err, errlen, "cannot open event log '%s': %s", log->db_path,
@@ -189,8 +201,8 @@ bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen)
 
     if (prepare(log, "SELECT id FROM topics WHERE name = ?1", &log->select_topic, err, errlen) !=
             0 ||
-        prepare(log, "INSERT INTO topics(name, created_ms) VALUES(?1, ?2)", &log->insert_topic,
-                err, errlen) != 0)
+        prepare(log, "INSERT INTO topics(name, created_ms) VALUES(?1, ?2)", &log->insert_topic, err,
+                errlen) != 0)
         goto fail;
 
     log->notify_fd = open(log->notify_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
@@ -199,8 +211,11 @@ bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen)
                    strerror(errno));
         goto fail;
     }
+    close(lock_fd); /* releases the set-up lock */
     return log;
 fail:
+    if (lock_fd >= 0)
+        close(lock_fd);
     bus_log_close(log);
     return NULL;
 }
@@ -271,8 +286,7 @@ void bus_log_notify(bus_log *log)
 int bus_log_commit(bus_log *log, char *err, size_t errlen)
 {
     if (sqlite3_exec(log->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
-        util_error(err, errlen, "cannot commit to '%s': %s", log->db_path,
-                   sqlite3_errmsg(log->db));
+        util_error(err, errlen, "cannot commit to '%s': %s", log->db_path, sqlite3_errmsg(log->db));
         bus_log_rollback(log);
         return -1;
     }
@@ -326,8 +340,7 @@ static topic_cache_entry *topic_lookup(bus_log *log, const char *topic, int crea
         sqlite3_reset(s);
         if (rc != SQLITE_DONE) {
             *failed = 1;
-            util_error(err, errlen, "cannot create topic '%s': %s", topic,
-                       sqlite3_errmsg(log->db));
+            util_error(err, errlen, "cannot create topic '%s': %s", topic, sqlite3_errmsg(log->db));
             return NULL;
         }
         id = sqlite3_last_insert_rowid(log->db);
@@ -364,8 +377,8 @@ int64_t bus_log_topic_id(bus_log *log, const char *topic, int create, char *err,
     return failed ? -1 : e ? e->id : 0;
 }
 
-int bus_log_append(bus_log *log, const bus_record *records, size_t n, int64_t *offsets,
-                   char *err, size_t errlen)
+int bus_log_append(bus_log *log, const bus_record *records, size_t n, int64_t *offsets, char *err,
+                   size_t errlen)
 {
     int64_t now = util_now_ms();
     topic_cache_entry *t = NULL;

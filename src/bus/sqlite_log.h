@@ -32,6 +32,7 @@ typedef struct bus_log bus_log;
 /* File names inside the data directory. */
 #define BUS_LOG_FILE "bus.db"
 #define BUS_LOG_NOTIFY_FILE "bus.notify"
+#define BUS_LOG_LOCK_FILE "bus.lock"
 
 /*
  * Open (creating the directory, the database and its schema if needed) the
@@ -57,8 +58,8 @@ int bus_log_begin(bus_log *log, char *err, size_t errlen);
  * each record's offset. Returns 0, or -1 with err (the transaction stays
  * open; the caller rolls back).
  */
-int bus_log_append(bus_log *log, const bus_record *records, size_t n, int64_t *offsets,
-                   char *err, size_t errlen);
+int bus_log_append(bus_log *log, const bus_record *records, size_t n, int64_t *offsets, char *err,
+                   size_t errlen);
 
 /* COMMIT, then notify consumers if records were appended. 0 or -1. */
 int bus_log_commit(bus_log *log, char *err, size_t errlen);

@@ -29,9 +29,9 @@ typedef int (*cli_option_fn)(void *ctx, const char *name, const char *value, cha
 typedef struct cli_parsed {
     char **positional; /* borrowed from argv; NULL-terminated */
     int positional_count;
-    char **rest;       /* arguments after "--" (borrowed), NULL if none */
+    char **rest; /* arguments after "--" (borrowed), NULL if none */
     int rest_count;
-    int help;          /* --help or -h was given */
+    int help; /* --help or -h was given */
 } cli_parsed;
 
 /*

@@ -59,8 +59,8 @@ int cmd_publish(int argc, char **argv, herald_config *cfg)
         {"data", 1}, {"key", 1}, {"correlation-id", 1}, {"causation-id", 1}, {"source", 1}};
     publish_opts o = {NULL, NULL, NULL, NULL, "herald-cli"};
     cli_parsed args;
-    if (cli_parse("publish", argc, argv, opts, UTIL_ARRAY_LEN(opts), cfg, on_option, &o,
-                  &args) != 0)
+    if (cli_parse("publish", argc, argv, opts, UTIL_ARRAY_LEN(opts), cfg, on_option, &o, &args) !=
+        0)
         return CLI_USAGE;
     int status = CLI_USAGE;
     json_t *data = NULL;
@@ -99,8 +99,8 @@ int cmd_publish(int argc, char **argv, herald_config *cfg)
                         jerr.column, jerr.text);
         goto out;
     }
-    if (event_build(&ev, args.positional[0], data, o.correlation_id, o.causation_id, o.source,
-                    err, sizeof(err)) != 0) {
+    if (event_build(&ev, args.positional[0], data, o.correlation_id, o.causation_id, o.source, err,
+                    sizeof(err)) != 0) {
         cli_usage_error("publish", "%s", err);
         goto out;
     }

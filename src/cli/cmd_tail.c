@@ -88,8 +88,8 @@ static int print_batch(const bus_message *msgs, size_t n, const tail_opts *o)
     for (size_t i = 0; i < n; i++) {
         event ev = EVENT_INIT;
         if (event_decode(&ev, msgs[i].value, msgs[i].value_len, err, sizeof(err)) != 0) {
-            LOG_WARN("skipping record at %s offset %lld: not an event envelope: %s",
-                     msgs[i].topic, (long long)msgs[i].offset, err);
+            LOG_WARN("skipping record at %s offset %lld: not an event envelope: %s", msgs[i].topic,
+                     (long long)msgs[i].offset, err);
             continue;
         }
         if (!o->type_pattern || fnmatch(o->type_pattern, ev.event_type, 0) == 0) {
@@ -109,8 +109,7 @@ int cmd_tail(int argc, char **argv, herald_config *cfg)
     static const cli_option opts[] = {{"group", 1}, {"from", 1}, {"type", 1}, {"follow", 0}};
     tail_opts o = {NULL, NULL, BUS_RESET_EARLIEST, 0};
     cli_parsed args;
-    if (cli_parse("tail", argc, argv, opts, UTIL_ARRAY_LEN(opts), cfg, on_option, &o, &args) !=
-        0)
+    if (cli_parse("tail", argc, argv, opts, UTIL_ARRAY_LEN(opts), cfg, on_option, &o, &args) != 0)
         return CLI_USAGE;
     int status = CLI_USAGE;
     bus_consumer *consumer = NULL;
@@ -162,7 +161,10 @@ int cmd_tail(int argc, char **argv, herald_config *cfg)
             status = CLI_OK;
             goto out;
         }
-        if (n && bus_consumer_commit(consumer, err, sizeof(err)) != 0) {
+        /* commit even after an empty poll: a group's first run records
+         * where the reset rule put it, so --from latest loses nothing
+         * published between two runs (a no-op when nothing moved) */
+        if (bus_consumer_commit(consumer, err, sizeof(err)) != 0) {
             fprintf(stderr, "herald tail: %s\n", err);
             goto out;
         }

@@ -51,8 +51,10 @@ static int set_retention(herald_config *cfg, const char *v, char *err, size_t er
         return 0;
     }
     if (util_parse_duration_ms(v, &ms) != 0 || ms <= 0)
-        return util_error(err, errlen, "invalid duration '%s' (e.g. 90s, 12h, 7d, or 0 to keep "
-                          "everything)", v);
+        return util_error(err, errlen,
+                          "invalid duration '%s' (e.g. 90s, 12h, 7d, or 0 to keep "
+                          "everything)",
+                          v);
     cfg->retention_ms = ms;
     return 0;
 }

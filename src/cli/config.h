@@ -23,7 +23,9 @@ typedef struct herald_config {
     char *listen;         /* HERALD_LISTEN, --listen: HOST:PORT of the Task API */
 } herald_config;
 
+/* clang-format off */
 #define HERALD_CONFIG_INIT {NULL, NULL, 0, 1, NULL, NULL}
+/* clang-format on */
 
 /* Fill cfg with the defaults, then apply the environment. 0 or -1 + err. */
 int config_load(herald_config *cfg, char *err, size_t errlen);
@@ -32,8 +34,7 @@ int config_load(herald_config *cfg, char *err, size_t errlen);
  * Apply one setting by its flag name ("data-dir", "bus", ...). Returns 0,
  * 1 if name is not a setting, or -1 with err filled for a bad value.
  */
-int config_set(herald_config *cfg, const char *name, const char *value, char *err,
-               size_t errlen);
+int config_set(herald_config *cfg, const char *name, const char *value, char *err, size_t errlen);
 
 /* Fill a bus configuration from cfg (pointers borrow cfg's strings). */
 int config_bus(const herald_config *cfg, bus_config *bus, char *err, size_t errlen);

@@ -10,7 +10,13 @@
 #ifndef HERALD_LOG_H
 #define HERALD_LOG_H
 
-enum log_level { LOG_LEVEL_DEBUG = 0, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR, LOG_LEVEL_OFF };
+enum log_level {
+    LOG_LEVEL_DEBUG = 0,
+    LOG_LEVEL_INFO,
+    LOG_LEVEL_WARN,
+    LOG_LEVEL_ERROR,
+    LOG_LEVEL_OFF
+};
 
 /* The current threshold; messages below it are dropped. Default INFO. */
 extern enum log_level log_threshold;
@@ -22,10 +28,10 @@ int log_set_level_name(const char *name);
 void log_write(enum log_level level, const char *cid, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-#define LOG_AT(level, cid, ...)                                                \
-    do {                                                                       \
-        if ((level) >= log_threshold)                                          \
-            log_write((level), (cid), __VA_ARGS__);                            \
+#define LOG_AT(level, cid, ...)                                                                    \
+    do {                                                                                           \
+        if ((level) >= log_threshold)                                                              \
+            log_write((level), (cid), __VA_ARGS__);                                                \
     } while (0)
 
 #define LOG_DEBUG(...) LOG_AT(LOG_LEVEL_DEBUG, NULL, __VA_ARGS__)

@@ -36,17 +36,19 @@
 typedef struct event {
     char event_id[EVENT_UUID_LEN + 1];
     char event_type[EVENT_TYPE_MAX + 1];
-    int64_t occurred_ms;          /* ms since the Unix epoch, UTC */
-    json_t *data;                 /* owned reference; always a JSON object */
-    char *correlation_id;         /* owned */
-    char *causation_id;           /* owned */
-    char *source;                 /* owned */
-    json_t *metadata_extra;       /* owned; NULL or an object holding any
-                                     metadata keys beyond the three above
-                                     (e.g. traceparent), kept on round trip */
+    int64_t occurred_ms;    /* ms since the Unix epoch, UTC */
+    json_t *data;           /* owned reference; always a JSON object */
+    char *correlation_id;   /* owned */
+    char *causation_id;     /* owned */
+    char *source;           /* owned */
+    json_t *metadata_extra; /* owned; NULL or an object holding any
+                               metadata keys beyond the three above
+                               (e.g. traceparent), kept on round trip */
 } event;
 
-#define EVENT_INIT {{0}, {0}, 0, NULL, NULL, NULL, NULL, NULL}
+/* clang-format off */
+#define EVENT_INIT { {0}, {0}, 0, NULL, NULL, NULL, NULL, NULL }
+/* clang-format on */
 
 /* ---- life cycle ------------------------------------------------------- */
 

@@ -183,3 +183,22 @@ def consume_all(data_dir, *, topic=None, pattern=None, group="-", idle_ms=300, e
     r = run_busctl(*args)
     assert r.returncode == 0, r.stderr
     return parse_consumed(r.stdout.splitlines())
+
+
+def init_log(data_dir):
+    """Create the event log in data_dir with one short-lived process, so that
+    processes started together afterwards find it ready. (Processes opening a
+    FRESH data directory at the same moment can fail with 'database is
+    locked'; test_multiprocess.py records that bug on its own.)"""
+    r = run_busctl("consume", data_dir, "--group", "-", "--topic", "init-events",
+                   "--idle-exit-ms", 0)
+    assert r.returncode == 0, r.stderr
+    assert (Path(data_dir) / "bus.db").exists()
+
+
+def is_sanitizer_build(path):
+    """True if the executable at path was built with AddressSanitizer."""
+    try:
+        return b"__asan_init" in Path(path).read_bytes()
+    except OSError:
+        return False

@@ -7,8 +7,10 @@ import subprocess
 import time
 from collections import defaultdict
 
-from helpers import (BUSCTL, CMD_TIMEOUT, HERALD_BIN, clean_env, consume_all, parse_committed,
-                     parse_consumed, run_busctl)
+import pytest
+
+from helpers import (CMD_TIMEOUT, HERALD_BIN, clean_env, consume_all, init_log,
+                     is_sanitizer_build, parse_committed, parse_consumed, run_busctl)
 
 # A consumer that should never go idle while a test still feeds it.
 WAITING = ["--idle-exit-ms", "60000"]
@@ -53,6 +55,7 @@ def check_complete_in_order(records, committed, size, tag="t"):
 def test_producer_and_consumers_in_separate_processes(data_dir, procs):
     batches, size = 50, 20
     groups = ["audit-log", "notification-email", "scheduler"]
+    init_log(data_dir)
     consumers = [procs.busctl("consume", data_dir, "--group", g, "--topic", "mp-events",
                               "--max", batches * size, *WAITING) for g in groups]
     for c in consumers:
@@ -142,6 +145,7 @@ def test_waiting_consumer_is_woken_by_another_process(data_dir, procs, herald):
 
 def test_two_producers_on_one_topic(data_dir, procs):
     batches, size = 40, 25
+    init_log(data_dir)
     producers = {tag: procs.busctl("produce", data_dir, "--topic", "shared-events", "--batches",
                                    batches, "--batch-size", size, "--tag", tag,
                                    "--sleep-us", 1000)
@@ -177,8 +181,9 @@ def test_two_producers_on_one_topic(data_dir, procs):
 
 
 def test_herald_publish_from_parallel_processes(data_dir, herald):
-    """Eight `herald publish` processes at once on a fresh data directory
-    (they race to create the log and the topic): all succeed, all stored."""
+    """Eight `herald publish` processes at once on an existing log, racing to
+    create the topic: all succeed, all stored."""
+    init_log(data_dir)
     env = clean_env(data_dir)
     ps = [subprocess.Popen([str(HERALD_BIN), "publish", "task.created", "--data",
                             json.dumps({"task_id": f"t-{i}"})], env=env,
@@ -202,3 +207,75 @@ def test_herald_publish_from_parallel_processes(data_dir, herald):
     r = herald("tail")
     assert r.returncode == 0
     assert len(r.stdout.splitlines()) == 8
+
+
+def test_processes_opening_a_fresh_data_dir_at_once(tmp_path):
+    """Agents started together (e.g. by a service manager) on a data
+    directory that does not exist yet: every one of them must work."""
+    script = ('for i in 1 2 3 4; do ( "$0" publish task.created --data "{}" >>"$1/out" '
+              '2>>"$1/err"; echo $? >>"$1/rc" ) & done; wait')
+    deadline = time.monotonic() + 20
+    for round_ in range(100):
+        d = tmp_path / f"r{round_}"
+        d.mkdir()
+        subprocess.run(["/bin/sh", "-c", script, str(HERALD_BIN), str(d)],
+                       env=clean_env(d / "data"), timeout=CMD_TIMEOUT)
+        rcs = (d / "rc").read_text().split()
+        assert rcs == ["0"] * 4, f"round {round_}: exit {rcs}: {(d / 'err').read_text()}"
+        assert len((d / "out").read_text().splitlines()) == 4
+        assert len(consume_all(d / "data", topic="task-events", idle_ms=0)) == 4
+        if time.monotonic() > deadline:
+            break
+
+
+def _read_until(proc, last_offset, timeout=CMD_TIMEOUT):
+    """Parsed stdout records of a busctl consumer up to the one at last_offset."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while not got or got[-1][1] != last_offset:
+        _, line = proc.line(max(0.01, deadline - time.monotonic()))
+        assert line is not None, proc.err_lines
+        got += parse_consumed([line])
+    return got
+
+
+def test_group_has_one_active_member_and_hands_over_on_exit(data_dir, procs):
+    """Two processes consuming as one group: only one receives; when it
+    stops (releasing the group), the other continues where it committed,
+    so together they see every record exactly once."""
+    produce(data_dir, "grp-events", 5, 100)
+    everything = [o for _, o, _, _ in consume_all(data_dir, topic="grp-events")]
+    a = procs.busctl("consume", data_dir, "--group", "shared", "--topic", "grp-events",
+                     "--batch", 10, "--max", 100, "--sleep-us-per-msg", 5000, *WAITING)
+    a.line()  # a is the active member
+    b = procs.busctl("consume", data_dir, "--group", "shared", "--topic", "grp-events",
+                     *WAITING)
+    b.wait_stderr("ready")
+    assert a.wait() == 0, a.err_lines
+    from_a = [o for _, o, _, _ in parse_consumed(a.rest())]
+    assert from_a == everything[1:100]  # (the first line was read above)
+    from_b = [o for _, o, _, _ in _read_until(b, everything[-1])]
+    assert from_b == everything[100:], "the standby must continue exactly after the first"
+
+
+def test_group_standby_takes_over_from_a_killed_member(data_dir, procs):
+    produce(data_dir, "grp-events", 5, 100)
+    everything = [o for _, o, _, _ in consume_all(data_dir, topic="grp-events")]
+    a = procs.busctl("consume", data_dir, "--group", "shared", "--topic", "grp-events",
+                     "--batch", 10, "--sleep-us-per-msg", 5000, *WAITING)
+    lines = [a.line()[1]]
+    b = procs.busctl("consume", data_dir, "--group", "shared", "--topic", "grp-events",
+                     *WAITING)
+    b.wait_stderr("ready")
+    while len(lines) < 60:
+        lines.append(a.line()[1])
+    # while a is alive, b stands by and receives nothing
+    assert b.out.empty(), "two active members in one group"
+    a.kill9()
+    from_a = [o for _, o, _, _ in parse_consumed(lines + a.rest())]
+    assert from_a == everything[:len(from_a)]
+    from_b = [o for _, o, _, _ in _read_until(b, everything[-1])]
+    start = everything.index(from_b[0])
+    # at-least-once: b starts at a's last commit, at most one batch of 10 back
+    assert len(from_a) - 10 <= start <= len(from_a), (start, len(from_a))
+    assert from_b == everything[start:]

@@ -65,8 +65,9 @@ static int produce(int argc, char **argv, bus_config *cfg)
     }
     for (long b = 0; b < batches; b++) {
         for (long i = 0; i < size; i++) {
-            int len = snprintf(values[i], 256, "{\"tag\":\"%s\",\"batch\":%ld,\"seq\":%ld,\"of\":%ld}",
-                               tag, b, i, size);
+            int len =
+                snprintf(values[i], 256, "{\"tag\":\"%s\",\"batch\":%ld,\"seq\":%ld,\"of\":%ld}",
+                         tag, b, i, size);
             recs[i] = (bus_record)BUS_RECORD_INIT;
             recs[i].topic = topic;
             recs[i].key = keys[i];
@@ -78,8 +79,7 @@ static int produce(int argc, char **argv, bus_config *cfg)
             fprintf(stderr, "busctl: %s\n", err);
             return 1;
         }
-        printf("committed %ld %lld %lld\n", b, (long long)offsets[0],
-               (long long)offsets[size - 1]);
+        printf("committed %ld %lld %lld\n", b, (long long)offsets[0], (long long)offsets[size - 1]);
         fflush(stdout);
         if (sleep_us)
             util_sleep_us(sleep_us);
@@ -117,6 +117,8 @@ static int consume(int argc, char **argv, bus_config *cfg)
     sub.pattern = pattern;
     sub.reset = strcmp(from, "latest") == 0 ? BUS_RESET_LATEST : BUS_RESET_EARLIEST;
     sub.max_batch = (size_t)batch;
+    if (max > 0 && (batch == 0 || batch > max))
+        sub.max_batch = (size_t)max; /* never print more than --max */
     char err[512];
     bus_consumer *c = bus_consumer_open(cfg, &sub, err, sizeof(err));
     if (!c) {
@@ -138,8 +140,8 @@ static int consume(int argc, char **argv, bus_config *cfg)
             first = 0;
         }
         for (size_t i = 0; i < n; i++) {
-            printf("%s %lld %s %s\n", m[i].topic, (long long)m[i].offset,
-                   m[i].key ? m[i].key : "-", m[i].value);
+            printf("%s %lld %s %s\n", m[i].topic, (long long)m[i].offset, m[i].key ? m[i].key : "-",
+                   m[i].value);
             if (sleep_us)
                 util_sleep_us(sleep_us);
         }

@@ -404,14 +404,12 @@ static void test_retention_deletes_old_and_consumers_skip_ahead(void **state)
     age_events(f, "task-events", 12, 8LL * 86400 * 1000); /* 1..12 are 8 days old */
     bus_log *log = bus_log_open(&f->cfg, err, sizeof(err));
     int64_t deleted = -1;
-    assert_int_equal(bus_log_retention_run(log, BUS_DEFAULT_RETENTION_MS, &deleted, err,
-                                           sizeof(err)),
-                     0);
+    assert_int_equal(
+        bus_log_retention_run(log, BUS_DEFAULT_RETENTION_MS, &deleted, err, sizeof(err)), 0);
     assert_int_equal(deleted, 12);
     /* nothing younger goes, and a second run finds nothing */
-    assert_int_equal(bus_log_retention_run(log, BUS_DEFAULT_RETENTION_MS, &deleted, err,
-                                           sizeof(err)),
-                     0);
+    assert_int_equal(
+        bus_log_retention_run(log, BUS_DEFAULT_RETENTION_MS, &deleted, err, sizeof(err)), 0);
     assert_int_equal(deleted, 0);
     bus_log_close(log);
 
@@ -630,7 +628,7 @@ static void test_one_active_member_per_group(void **state)
     assert_int_equal(bus_consumer_poll(b, 300, &m, &n, err, sizeof(err)), 0);
     assert_int_equal(n, 0);
     assert_int_equal(bus_consumer_commit(b, err, sizeof(err)), 0); /* no-op */
-    bus_consumer_close(a); /* releases the group */
+    bus_consumer_close(a);                                         /* releases the group */
     util_sleep_us(300000); /* past b's standby re-check interval */
     assert_int_equal(drain_values(b, v, sizeof(v)), 2);
     assert_string_equal(v, "3,4"); /* resumes from a's committed offset */
@@ -686,10 +684,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pattern_subscription_finds_new_topics, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_headers_round_trip, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_retention_deletes_old_and_consumers_skip_ahead,
-                                        setup, teardown),
-        cmocka_unit_test_setup_teardown(test_retention_keeps_newest_so_offsets_never_restart,
-                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retention_deletes_old_and_consumers_skip_ahead, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_retention_keeps_newest_so_offsets_never_restart, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_producer_runs_retention_on_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_waiting_consumer_is_woken_by_a_publish, setup,
                                         teardown),
