@@ -79,22 +79,28 @@ static int has_control(const char *s)
 static const char *json_type_name(const json_t *v)
 {
     switch (json_typeof(v)) {
-    case JSON_OBJECT: return "object";
-    case JSON_ARRAY: return "array";
-    case JSON_STRING: return "string";
-    case JSON_INTEGER: return "integer";
-    case JSON_REAL: return "number";
+    case JSON_OBJECT:
+        return "object";
+    case JSON_ARRAY:
+        return "array";
+    case JSON_STRING:
+        return "string";
+    case JSON_INTEGER:
+        return "integer";
+    case JSON_REAL:
+        return "number";
     case JSON_TRUE:
-    case JSON_FALSE: return "boolean";
-    default: return "null";
+    case JSON_FALSE:
+        return "boolean";
+    default:
+        return "null";
     }
 }
 
-static void field_error(json_t *errors, const char *field, const char *reason, const char *fmt,
-                        ...) __attribute__((format(printf, 4, 5)));
+static void field_error(json_t *errors, const char *field, const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
-static void field_error(json_t *errors, const char *field, const char *reason, const char *fmt,
-                        ...)
+static void field_error(json_t *errors, const char *field, const char *reason, const char *fmt, ...)
 {
     char detail[256];
     va_list ap;
@@ -126,8 +132,7 @@ static int check_string(json_t *body, const string_rule *rule, json_t *errors)
     if (json_is_null(v)) {
         if (rule->nullable)
             return 1;
-        field_error(errors, rule->name, "wrong_type", "%s must be a string, not null",
-                    rule->name);
+        field_error(errors, rule->name, "wrong_type", "%s must be a string, not null", rule->name);
         return 0;
     }
     if (!json_is_string(v)) {
@@ -246,8 +251,7 @@ static json_t *parse_body(const api_request *req, api_response *resp)
 {
     if (!content_type_is_json(req->content_type)) {
         char detail[200];
-        snprintf(detail, sizeof(detail),
-                 "the request body must be application/json, not '%.100s'",
+        snprintf(detail, sizeof(detail), "the request body must be application/json, not '%.100s'",
                  req->content_type ? req->content_type : "(no Content-Type)");
         api_problem(resp, 415, "unsupported-media-type", "Unsupported Media Type", detail, NULL);
         return NULL;
@@ -429,67 +433,121 @@ static char *render_task(const store_request *sr, int *status)
     return dump(task_to_json(&sr->result));
 }
 
-static void create_task(task_store *store, const api_request *req, api_response *resp)
+/* A change waiting for the store (see routes.h). */
+struct api_pending {
+    store_request sr;
+    json_t *body;  /* the parsed request body: sr.input borrows its strings */
+    json_t *patch; /* update: the validated changes */
+    char hash[65];
+};
+
+static api_pending *pending_new(store_op op, const api_request *req)
+{
+    api_pending *p = xcalloc(1, sizeof(*p));
+    store_request_init(&p->sr, op);
+    p->sr.correlation_id = req->correlation_id;
+    p->sr.if_match = parse_if_match(req->if_match);
+    return p;
+}
+
+static void pending_free(api_pending *p)
+{
+    json_decref(p->body);
+    json_decref(p->patch);
+    store_request_release(&p->sr);
+    free(p);
+}
+
+store_request *api_pending_request(api_pending *p)
+{
+    return &p->sr;
+}
+
+void api_finish(api_pending *p, api_response *resp)
+{
+    store_request *sr = &p->sr;
+    if (!store_failure(sr, resp)) {
+        switch (sr->op) {
+        case STORE_CREATE:
+            resp->status = 201;
+            resp->body = dump(created_body(&sr->result));
+            snprintf(resp->location, sizeof(resp->location), "/tasks/%s", sr->result.id);
+            set_task_headers(resp, &sr->result);
+            break;
+        case STORE_DELETE:
+            resp->status = 204;
+            break;
+        default:
+            respond_task(resp, 200, &sr->result);
+        }
+    }
+    pending_free(p);
+}
+
+void api_cancel(api_pending *p, api_response *resp)
+{
+    api_problem(resp, 503, "shutting-down", "Service Unavailable", "the server is stopping", NULL);
+    pending_free(p);
+}
+
+static api_pending *create_task(const api_request *req, api_response *resp)
 {
     json_t *body = parse_body(req, resp);
     if (!body)
-        return;
-    static const char *const known[] = {"title", "owner_id", "priority", "description",
-                                        "due_at", NULL};
+        return NULL;
+    static const char *const known[] = {"title",       "owner_id", "priority",
+                                        "description", "due_at",   NULL};
     json_t *errors = json_array();
-    store_request sr;
-    store_request_init(&sr, STORE_CREATE);
+    api_pending *p = pending_new(STORE_CREATE, req);
+    p->body = body;
+    store_request *sr = &p->sr;
     if (!json_object_get(body, "title"))
         field_error(errors, "title", "missing", "title is required");
     else if (check_string(body, &title_rule, errors))
-        sr.input.title = (char *)json_string_value(json_object_get(body, "title"));
+        sr->input.title = (char *)json_string_value(json_object_get(body, "title"));
     if (!json_object_get(body, "owner_id"))
         field_error(errors, "owner_id", "missing", "owner_id is required");
     else if (check_string(body, &owner_rule, errors))
-        sr.input.owner_id = (char *)json_string_value(json_object_get(body, "owner_id"));
-    sr.input.priority = 1;
-    check_priority(body, errors, &sr.input.priority);
+        sr->input.owner_id = (char *)json_string_value(json_object_get(body, "owner_id"));
+    sr->input.priority = 1;
+    check_priority(body, errors, &sr->input.priority);
     if (check_string(body, &description_rule, errors))
-        sr.input.description = (char *)json_string_value(json_object_get(body, "description"));
-    check_due(body, errors, &sr.input.due_ms);
+        sr->input.description = (char *)json_string_value(json_object_get(body, "description"));
+    check_due(body, errors, &sr->input.due_ms);
     check_unknown(body, known, errors);
-    char hash[65];
     if (json_array_size(errors) > 0) {
         invalid_fields(resp, errors);
-        goto out;
+        goto refused;
     }
     json_decref(errors);
     errors = NULL;
-    if (use_idempotency_key(req, &sr, hash, resp) != 0)
-        goto out;
-    event_uuid_v7(sr.task_id);
-    sr.correlation_id = req->correlation_id;
-    sr.render = render_created;
-    if (task_store_execute(store, &sr) != 0) {
-        api_problem(resp, 503, "shutting-down", "Service Unavailable", "the server is stopping",
-                    NULL);
-        goto out;
+    if (use_idempotency_key(req, sr, p->hash, resp) != 0)
+        goto refused;
+    event_uuid_v7(sr->task_id);
+    sr->render = render_created;
+    char err[256];
+    if (store_prepare_create(sr, err, sizeof(err)) != 0) {
+        char detail[300];
+        snprintf(detail, sizeof(detail), "cannot build the task.created event: %s", err);
+        api_problem(resp, 500, "event-failed", "Internal Server Error", detail, NULL);
+        goto refused;
     }
-    if (store_failure(&sr, resp))
-        goto out;
-    resp->status = 201;
-    resp->body = dump(created_body(&sr.result));
-    snprintf(resp->location, sizeof(resp->location), "/tasks/%s", sr.result.id);
-    set_task_headers(resp, &sr.result);
-out:
+    return p;
+refused:
+    /* input borrows from body: forget it before freeing */
+    memset(&sr->input, 0, sizeof(sr->input));
     json_decref(errors);
-    json_decref(body);
-    store_request_release(&sr);
+    pending_free(p);
+    return NULL;
 }
 
-static void update_task(task_store *store, const api_request *req, const char *id,
-                        api_response *resp)
+static api_pending *update_task(const api_request *req, const char *id, api_response *resp)
 {
     json_t *body = parse_body(req, resp);
     if (!body)
-        return;
-    static const char *const known[] = {"title", "owner_id", "priority", "description",
-                                        "due_at", NULL};
+        return NULL;
+    static const char *const known[] = {"title",       "owner_id", "priority",
+                                        "description", "due_at",   NULL};
     json_t *errors = json_array();
     json_t *patch = json_object();
     int priority;
@@ -508,53 +566,32 @@ static void update_task(task_store *store, const api_request *req, const char *i
         json_object_set_new(patch, "due_at", due_ms ? json_string(buf) : json_null());
     }
     check_unknown(body, known, errors);
-    store_request sr;
-    store_request_init(&sr, STORE_UPDATE);
     if (json_array_size(errors) > 0) {
         invalid_fields(resp, errors);
-        errors = NULL;
-        goto out;
+        json_decref(patch);
+        json_decref(body);
+        return NULL;
     }
-    util_strlcpy(sr.task_id, id, sizeof(sr.task_id));
-    sr.patch = patch;
-    sr.if_match = parse_if_match(req->if_match);
-    sr.correlation_id = req->correlation_id;
-    if (task_store_execute(store, &sr) != 0) {
-        api_problem(resp, 503, "shutting-down", "Service Unavailable", "the server is stopping",
-                    NULL);
-        goto out;
-    }
-    if (!store_failure(&sr, resp))
-        respond_task(resp, 200, &sr.result);
-out:
     json_decref(errors);
-    json_decref(patch);
-    json_decref(body);
-    store_request_release(&sr);
+    api_pending *p = pending_new(STORE_UPDATE, req);
+    p->body = body;
+    p->patch = patch;
+    util_strlcpy(p->sr.task_id, id, sizeof(p->sr.task_id));
+    p->sr.patch = patch;
+    return p;
 }
 
-static void simple_change(task_store *store, const api_request *req, const char *id,
-                          store_op op, api_response *resp)
+static api_pending *simple_change(const api_request *req, const char *id, store_op op,
+                                  api_response *resp)
 {
-    store_request sr;
-    store_request_init(&sr, op);
-    char hash[65];
-    if (op == STORE_COMPLETE && use_idempotency_key(req, &sr, hash, resp) != 0)
-        return;
-    util_strlcpy(sr.task_id, id, sizeof(sr.task_id));
-    sr.if_match = parse_if_match(req->if_match);
-    sr.correlation_id = req->correlation_id;
-    sr.render = render_task;
-    if (task_store_execute(store, &sr) != 0) {
-        api_problem(resp, 503, "shutting-down", "Service Unavailable", "the server is stopping",
-                    NULL);
-    } else if (!store_failure(&sr, resp)) {
-        if (op == STORE_DELETE)
-            resp->status = 204;
-        else
-            respond_task(resp, 200, &sr.result);
+    api_pending *p = pending_new(op, req);
+    if (op == STORE_COMPLETE && use_idempotency_key(req, &p->sr, p->hash, resp) != 0) {
+        pending_free(p);
+        return NULL;
     }
-    store_request_release(&sr);
+    util_strlcpy(p->sr.task_id, id, sizeof(p->sr.task_id));
+    p->sr.render = render_task;
+    return p;
 }
 
 static void get_task(task_store *store, const char *id, api_response *resp)
@@ -597,13 +634,11 @@ static void list_tasks(task_store *store, const api_request *req, api_response *
                         req->query[i].name);
     }
     if (req->query_overflow)
-        field_error(errors, "query", "too_long", "at most %d query parameters",
-                    API_MAX_QUERY_ARGS);
+        field_error(errors, "query", "too_long", "at most %d query parameters", API_MAX_QUERY_ARGS);
     const char *owner = query_value(req, "owner_id");
     if (owner && (!*owner || utf8_length(owner) > TASK_OWNER_MAX || has_control(owner)))
         field_error(errors, "owner_id", "out_of_range",
-                    "owner_id must be 1..%d characters without control characters",
-                    TASK_OWNER_MAX);
+                    "owner_id must be 1..%d characters without control characters", TASK_OWNER_MAX);
     const char *status = query_value(req, "status");
     if (status && strcmp(status, "open") != 0 && strcmp(status, "completed") != 0)
         field_error(errors, "status", "out_of_range", "status must be 'open' or 'completed'");
@@ -698,94 +733,74 @@ static void not_found(api_response *resp, const char *path)
     api_problem(resp, 404, "not-found", "Not Found", detail, NULL);
 }
 
-void api_handle(task_store *store, const api_request *req, api_response *resp)
+api_pending *api_handle(task_store *store, const api_request *req, api_response *resp)
 {
     const char *m = req->method;
     const char *path = req->path;
+    int get = strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0;
     if (strcmp(path, "/healthz") == 0) {
-        if (strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0)
-            {
-                method_not_allowed(resp, m, "GET, HEAD");
-                return;
-            }
-        resp->status = 200;
-        resp->body = xstrdup("{\"status\":\"ok\"}");
-        return;
+        if (!get) {
+            method_not_allowed(resp, m, "GET, HEAD");
+        } else {
+            resp->status = 200;
+            resp->body = xstrdup("{\"status\":\"ok\"}");
+        }
+        return NULL;
     }
     if (strcmp(path, "/tasks") == 0 || strcmp(path, "/tasks/") == 0) {
         if (strcmp(m, "POST") == 0)
-            {
-                create_task(store, req, resp);
-                return;
-            }
-        if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
-            {
-                list_tasks(store, req, resp);
-                return;
-            }
-        {
+            return create_task(req, resp);
+        if (get)
+            list_tasks(store, req, resp);
+        else
             method_not_allowed(resp, m, "GET, HEAD, POST");
-            return;
-        }
+        return NULL;
     }
-    if (strncmp(path, "/tasks/", 7) != 0)
-        {
-            not_found(resp, path);
-            return;
-        }
+    if (strncmp(path, "/tasks/", 7) != 0) {
+        not_found(resp, path);
+        return NULL;
+    }
     const char *id = path + 7;
     size_t id_len = strcspn(id, "/");
+    if (!task_id_valid(id, id_len)) {
+        not_found(resp, path);
+        return NULL;
+    }
     const char *rest = id + id_len;
-    if (!task_id_valid(id, id_len))
-        {
-            not_found(resp, path);
-            return;
-        }
     char id_buf[TASK_ID_MAX + 1];
     memcpy(id_buf, id, id_len);
     id_buf[id_len] = '\0';
     if (*rest == '\0') {
-        if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
-            {
-                get_task(store, id_buf, resp);
-                return;
-            }
         if (strcmp(m, "PATCH") == 0)
-            {
-                update_task(store, req, id_buf, resp);
-                return;
-            }
+            return update_task(req, id_buf, resp);
         if (strcmp(m, "DELETE") == 0)
-            {
-                simple_change(store, req, id_buf, STORE_DELETE, resp);
-                return;
-            }
-        {
+            return simple_change(req, id_buf, STORE_DELETE, resp);
+        if (get)
+            get_task(store, id_buf, resp);
+        else
             method_not_allowed(resp, m, "GET, HEAD, PATCH, DELETE");
-            return;
-        }
-    }
-    if (strcmp(rest, "/complete") == 0) {
+    } else if (strcmp(rest, "/complete") == 0) {
         if (strcmp(m, "POST") == 0)
-            {
-                simple_change(store, req, id_buf, STORE_COMPLETE, resp);
-                return;
-            }
-        {
-            method_not_allowed(resp, m, "POST");
-            return;
-        }
-    }
-    if (strcmp(rest, "/events") == 0) {
-        if (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0)
-            {
-                task_events(store, id_buf, resp);
-                return;
-            }
-        {
+            return simple_change(req, id_buf, STORE_COMPLETE, resp);
+        method_not_allowed(resp, m, "POST");
+    } else if (strcmp(rest, "/events") == 0) {
+        if (get)
+            task_events(store, id_buf, resp);
+        else
             method_not_allowed(resp, m, "GET, HEAD");
-            return;
-        }
+    } else {
+        not_found(resp, path);
     }
-    not_found(resp, path);
+    return NULL;
+}
+
+void api_handle_sync(task_store *store, const api_request *req, api_response *resp)
+{
+    api_pending *p = api_handle(store, req, resp);
+    if (!p)
+        return;
+    if (task_store_execute(store, api_pending_request(p)) != 0)
+        api_cancel(p, resp);
+    else
+        api_finish(p, resp);
 }

@@ -21,11 +21,11 @@ typedef struct api_query_arg {
 
 typedef struct api_request {
     const char *method;
-    const char *path;          /* without the query string */
+    const char *path; /* without the query string */
     api_query_arg query[API_MAX_QUERY_ARGS];
     size_t query_count;
-    int query_overflow;        /* more than API_MAX_QUERY_ARGS arguments */
-    const char *content_type;  /* NULL if absent */
+    int query_overflow;       /* more than API_MAX_QUERY_ARGS arguments */
+    const char *content_type; /* NULL if absent */
     const char *if_match;
     const char *idempotency_key;
     const char *correlation_id; /* already validated or generated */
@@ -35,15 +35,31 @@ typedef struct api_request {
 
 typedef struct api_response {
     int status;
-    char *body;               /* malloc'd; NULL for no body (204) */
-    int problem;              /* body is application/problem+json */
-    char location[128];       /* "" if none */
-    char etag[32];            /* "" if none */
-    const char *allow;        /* for 405; NULL otherwise */
+    char *body;         /* malloc'd; NULL for no body (204) */
+    int problem;        /* body is application/problem+json */
+    char location[128]; /* "" if none */
+    char etag[32];      /* "" if none */
+    const char *allow;  /* for 405; NULL otherwise */
 } api_response;
 
-/* Handle one request. *resp must be zeroed; free resp->body afterwards. */
-void api_handle(task_store *store, const api_request *req, api_response *resp);
+/* A change accepted by validation, waiting for the store. */
+typedef struct api_pending api_pending;
+
+/*
+ * Handle one request. *resp must be zeroed; free resp->body afterwards.
+ * Returns NULL when resp is the complete answer (reads, errors). A valid
+ * change returns a pending request instead: hand api_pending_request() to
+ * task_store_submit() (or _execute()), and once the store is done call
+ * api_finish() to fill resp (which also frees the pending request), or
+ * api_cancel() if it could not be submitted.
+ */
+api_pending *api_handle(task_store *store, const api_request *req, api_response *resp);
+store_request *api_pending_request(api_pending *p);
+void api_finish(api_pending *p, api_response *resp);
+void api_cancel(api_pending *p, api_response *resp);
+
+/* api_handle() and, for a change, the store's answer: blocks. */
+void api_handle_sync(task_store *store, const api_request *req, api_response *resp);
 
 /*
  * Fill resp with an RFC 9457 problem: type urn:herald:problem:<slug>,

@@ -9,6 +9,13 @@
  * headers every response carries (X-Correlation-ID, Content-Type). One log
  * line per request: method, path, status, duration, correlation id.
  *
+ * Threads: a pool of epoll threads (one per core) serves every connection.
+ * A change is never waited for on those threads: the connection is
+ * suspended, the request goes to the store's queue, and the store's writer
+ * resumes the connection once the batch holding it is committed; MHD then
+ * calls the handler again and the response is queued. So the pool keeps
+ * reading new requests, which fill the next group commit.
+ *
  * In-flight accounting (for graceful stop) counts requests from their first
  * call to MHD's completion callback.
  */
@@ -31,6 +38,7 @@
 #define CONNECTION_LIMIT 1024
 #define CONNECTION_TIMEOUT_S 60
 #define THREAD_STACK_SIZE (256 * 1024)
+#define MAX_POOL_THREADS 8
 
 struct api_server {
     struct MHD_Daemon *daemon;
@@ -49,6 +57,10 @@ typedef struct request_ctx {
     int too_large;
     int answered;
     api_request req;
+    /* a change waiting for the store */
+    api_pending *pending;
+    struct MHD_Connection *conn;
+    volatile int store_done;
 } request_ctx;
 
 int api_parse_listen(const char *listen, char *host, size_t hostlen, unsigned *port)
@@ -94,8 +106,8 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, request_ctx *c
                                      const char *method, const char *url, api_response *resp)
 {
     size_t len = resp->body ? strlen(resp->body) : 0;
-    struct MHD_Response *r = MHD_create_response_from_buffer(len, resp->body,
-                                                             MHD_RESPMEM_MUST_FREE);
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, resp->body, MHD_RESPMEM_MUST_FREE);
     resp->body = NULL; /* owned by MHD now */
     if (!r)
         return MHD_NO;
@@ -125,10 +137,17 @@ static void too_large(api_response *resp)
     api_problem(resp, 413, "payload-too-large", "Payload Too Large", detail, NULL);
 }
 
+/* Writer thread: the change of this request is durable (or failed). */
+static void on_store_done(store_request *sr, void *arg)
+{
+    request_ctx *ctx = arg;
+    __atomic_store_n(&ctx->store_done, 1, __ATOMIC_RELEASE);
+    MHD_resume_connection(ctx->conn);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **req_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **req_cls)
 {
     api_server *srv = cls;
     request_ctx *ctx = *req_cls;
@@ -144,8 +163,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             util_strlcpy(ctx->correlation_id, cid, sizeof(ctx->correlation_id));
         else
             event_uuid_v7(ctx->correlation_id);
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl =
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > API_MAX_BODY) {
             /* answer before reading the body; MHD closes the connection */
             api_response resp = {0};
@@ -153,6 +172,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return send_response(conn, ctx, method, url, &resp);
         }
         return MHD_YES;
+    }
+    if (ctx->pending) {
+        /* resumed: the store answered */
+        if (!__atomic_load_n(&ctx->store_done, __ATOMIC_ACQUIRE))
+            return MHD_YES;
+        api_response resp = {0};
+        api_finish(ctx->pending, &resp);
+        ctx->pending = NULL;
+        return send_response(conn, ctx, method, url, &resp);
     }
     if (ctx->answered) {
         *upload_data_size = 0; /* discard whatever still arrives */
@@ -182,15 +210,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     req->method = method;
     req->path = url;
     MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, collect_query, req);
-    req->content_type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                    MHD_HTTP_HEADER_CONTENT_TYPE);
+    req->content_type =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     req->if_match = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_MATCH);
     req->idempotency_key = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Idempotency-Key");
     req->correlation_id = ctx->correlation_id;
     req->body = ctx->body;
     req->body_len = ctx->len;
     api_response resp = {0};
-    api_handle(srv->store, req, &resp);
+    api_pending *pending = api_handle(srv->store, req, &resp);
+    if (pending) {
+        ctx->pending = pending;
+        ctx->conn = conn;
+        MHD_suspend_connection(conn);
+        if (task_store_submit(srv->store, api_pending_request(pending), on_store_done, ctx) != 0) {
+            ctx->pending = NULL;
+            MHD_resume_connection(conn);
+            api_cancel(pending, &resp);
+            return send_response(conn, ctx, method, url, &resp);
+        }
+        return MHD_YES;
+    }
     return send_response(conn, ctx, method, url, &resp);
 }
 
@@ -234,19 +274,21 @@ api_server *api_server_start(const char *listen, task_store *store, char *err, s
     srv->store = store;
     pthread_mutex_init(&srv->lock, NULL);
     pthread_cond_init(&srv->idle, NULL);
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ITC | MHD_USE_ERROR_LOG;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned pool = cores < 1 ? 1 : cores > MAX_POOL_THREADS ? MAX_POOL_THREADS : (unsigned)cores;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    srv->daemon = MHD_start_daemon(
-        flags, (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)CONNECTION_TIMEOUT_S, MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK_SIZE,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+    srv->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, srv,
+                                   MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
+                                   (unsigned)CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
+                                   (unsigned)CONNECTION_TIMEOUT_S, MHD_OPTION_THREAD_STACK_SIZE,
+                                   (size_t)THREAD_STACK_SIZE, MHD_OPTION_THREAD_POOL_SIZE, pool,
+                                   MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!srv->daemon) {
-        util_error(err, errlen, "cannot listen on '%s' (address in use or not available)",
-                   listen);
+        util_error(err, errlen, "cannot listen on '%s' (address in use or not available)", listen);
         pthread_mutex_destroy(&srv->lock);
         pthread_cond_destroy(&srv->idle);
         free(srv);

@@ -1,9 +1,9 @@
 /*
  * server.h - the Task API's HTTP/1.1 server on libmicrohttpd.
  *
- * One thread per connection: a request that changes a task blocks its
- * thread in task_store_execute() until its group commit is durable, while
- * the other connections' threads keep filling the next batch.
+ * A pool of epoll threads; a request that changes a task is suspended
+ * until its group commit is durable, while the pool keeps reading the
+ * requests that fill the next batch.
  */
 #ifndef HERALD_SERVER_H
 #define HERALD_SERVER_H

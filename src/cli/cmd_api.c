@@ -97,8 +97,8 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     unsigned port;
     api_parse_listen(cfg->listen, host, sizeof(host), &port);
     LOG_INFO("herald %s: Task API listening on http://%s%s%s:%u (data in %s, sync %s)", cmd,
-             strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "",
-             api_server_port(srv), cfg->data_dir, cfg->sync_full ? "full" : "normal");
+             strchr(host, ':') ? "[" : "", host, strchr(host, ':') ? "]" : "", api_server_port(srv),
+             cfg->data_dir, cfg->sync_full ? "full" : "normal");
     int sig = 0;
     sigwait(&stop_signals, &sig);
     LOG_INFO("herald %s: %s received, finishing requests in flight", cmd,

@@ -84,8 +84,10 @@ static int set_listen(herald_config *cfg, const char *v, char *err, size_t errle
     char host[256];
     unsigned port;
     if (api_parse_listen(v, host, sizeof(host), &port) != 0)
-        return util_error(err, errlen, "invalid address '%s' (expected HOST:PORT, e.g. "
-                          "127.0.0.1:8080)", v);
+        return util_error(err, errlen,
+                          "invalid address '%s' (expected HOST:PORT, e.g. "
+                          "127.0.0.1:8080)",
+                          v);
     free(cfg->listen);
     cfg->listen = xstrdup(v);
     return 0;

@@ -23,15 +23,18 @@ typedef struct task {
     char *description; /* NULL: none */
     char *owner_id;
     int priority;
-    int completed;     /* status: 0 open, 1 completed */
-    int64_t due_ms;    /* 0: no due date */
+    int completed;  /* status: 0 open, 1 completed */
+    int64_t due_ms; /* 0: no due date */
     int64_t created_ms;
     int64_t updated_ms;
     int64_t completed_ms; /* 0: not completed */
-    int64_t version;   /* starts at 1, +1 on every change; the ETag */
+    int64_t version;      /* starts at 1, +1 on every change; the ETag */
 } task;
 
-#define TASK_INIT {{0}, NULL, NULL, NULL, 1, 0, 0, 0, 0, 0, 0}
+#define TASK_INIT                                                                                  \
+    {                                                                                              \
+        {0}, NULL, NULL, NULL, 1, 0, 0, 0, 0, 0, 0                                                 \
+    }
 
 /* "open" or "completed". */
 const char *task_status_name(const task *t);

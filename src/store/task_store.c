@@ -14,10 +14,14 @@
  * event append and the consumers' wake-up come from the log module). Read
  * connections are pooled: a caller borrows one, uses it, gives it back.
  *
- * A request's life: execute() links it into the queue and sleeps on
- * done_cond; the writer takes the whole queue, BEGIN IMMEDIATE, runs each
- * request in a SAVEPOINT, COMMIT, marks every request done, broadcasts. If
- * the COMMIT itself fails every request of the batch reports STORE_FAILED.
+ * A request's life: execute() or submit() links it into the queue; the
+ * writer takes the whole queue, BEGIN IMMEDIATE, runs every request, COMMIT
+ * (one fsync), then calls each request's callback or wakes its waiter. A
+ * database error in one request rolls the batch back and the requests are
+ * retried one transaction each, so only the failing one reports
+ * STORE_FAILED. A create's event is built and encoded by the caller's
+ * thread (store_prepare_create), so the single writer does little more
+ * than the inserts.
  */
 #include "store/task_store.h"
 
@@ -50,8 +54,8 @@ static const char *store_schema =
     "  key TEXT PRIMARY KEY, request_hash TEXT NOT NULL, status INTEGER NOT NULL,"
     "  body TEXT NOT NULL, created_ms INTEGER NOT NULL) WITHOUT ROWID;";
 
-#define TASK_COLUMNS                                                                           \
-    "id, title, description, owner_id, priority, completed, due_ms, created_ms, updated_ms, "  \
+#define TASK_COLUMNS                                                                               \
+    "id, title, description, owner_id, priority, completed, due_ms, created_ms, updated_ms, "      \
     "completed_ms, version"
 
 typedef struct reader {
@@ -92,6 +96,8 @@ void store_request_init(store_request *req, store_op op)
 
 void store_request_release(store_request *req)
 {
+    free(req->prepared_event);
+    req->prepared_event = NULL;
     task_release(&req->result);
     free(req->replay_body);
     req->replay_body = NULL;
@@ -188,6 +194,9 @@ static void set_time(json_t *o, const char *key, int64_t ms)
     json_object_set_new(o, key, json_string(buf));
 }
 
+static int append_event(task_store *s, store_request *req, const char *value, size_t len,
+                        int64_t seq);
+
 /*
  * Build the event for a change and write it to the log and to
  * task_events, in the open transaction. data is stolen.
@@ -205,6 +214,18 @@ static int writer_publish(task_store *s, store_request *req, const char *type, c
         return -1;
     size_t len;
     char *value = event_encode(&ev, &len);
+    util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));
+    event_release(&ev);
+    rc = append_event(s, req, value, len, seq);
+    free(value);
+    return rc;
+}
+
+/* Append an encoded event of req's task to the log and to task_events. */
+static int append_event(task_store *s, store_request *req, const char *value, size_t len,
+                        int64_t seq)
+{
+    int rc;
     bus_record rec = BUS_RECORD_INIT;
     rec.topic = TASK_TOPIC;
     rec.key = req->task_id;
@@ -223,9 +244,6 @@ static int writer_publish(task_store *s, store_request *req, const char *type, c
         }
         sqlite3_reset(s->w_event);
     }
-    util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));
-    free(value);
-    event_release(&ev);
     return rc;
 }
 
@@ -239,28 +257,63 @@ static json_t *task_summary(const task *t)
     return d;
 }
 
+/* The new task of a create request. */
+static void new_task(const store_request *req, task *t)
+{
+    task_copy(t, &req->input);
+    util_strlcpy(t->id, req->task_id, sizeof(t->id));
+    t->completed = 0;
+    t->created_ms = t->updated_ms = req->input.created_ms ? req->input.created_ms : util_now_ms();
+    t->completed_ms = 0;
+    t->version = 1;
+}
+
+static json_t *created_data(const task *t)
+{
+    json_t *data = task_summary(t);
+    if (t->description)
+        json_object_set_new(data, "description", json_string(t->description));
+    if (t->due_ms)
+        set_time(data, "due_at", t->due_ms);
+    set_time(data, "created_at", t->created_ms);
+    return data;
+}
+
+int store_prepare_create(store_request *req, char *err, size_t errlen)
+{
+    req->input.created_ms = util_now_ms();
+    task t = TASK_INIT;
+    new_task(req, &t);
+    char causation[TASK_ID_MAX + 32];
+    snprintf(causation, sizeof(causation), "api-create-%s", req->task_id);
+    event ev = EVENT_INIT;
+    json_t *data = created_data(&t);
+    int rc = event_build(&ev, "task.created", data, req->correlation_id, causation, TASK_SOURCE,
+                         err, errlen);
+    json_decref(data);
+    task_release(&t);
+    if (rc != 0)
+        return -1;
+    free(req->prepared_event);
+    req->prepared_event = event_encode(&ev, &req->prepared_event_len);
+    util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));
+    event_release(&ev);
+    return 0;
+}
+
 static int op_create(task_store *s, store_request *req)
 {
     task t = TASK_INIT;
-    task_copy(&t, &req->input);
-    util_strlcpy(t.id, req->task_id, sizeof(t.id));
-    t.completed = 0;
-    t.created_ms = t.updated_ms = util_now_ms();
-    t.completed_ms = 0;
-    t.version = 1;
+    new_task(req, &t);
     if (writer_save(s, s->w_insert, &t) != 0) {
         util_error(req->err, sizeof(req->err), "cannot insert task '%s': %s", t.id,
                    sqlite3_errmsg(bus_log_db(s->log)));
         task_release(&t);
         return -1;
     }
-    json_t *data = task_summary(&t);
-    if (t.description)
-        json_object_set_new(data, "description", json_string(t.description));
-    if (t.due_ms)
-        set_time(data, "due_at", t.due_ms);
-    set_time(data, "created_at", t.created_ms);
-    int rc = writer_publish(s, req, "task.created", "create", data, t.version);
+    int rc = req->prepared_event
+                 ? append_event(s, req, req->prepared_event, req->prepared_event_len, t.version)
+                 : writer_publish(s, req, "task.created", "create", created_data(&t), t.version);
     req->result = t;
     req->outcome = STORE_DONE;
     return rc;
@@ -467,37 +520,73 @@ static void purge_idempotency_keys(task_store *s)
     sqlite3_reset(s->w_idem_purge);
 }
 
-static void run_batch(task_store *s, store_request *batch)
+/* Forget what a failed attempt left in a request's outputs. */
+static void reset_outputs(store_request *r)
 {
-    sqlite3 *db = bus_log_db(s->log);
+    task_release(&r->result);
+    free(r->replay_body);
+    r->replay_body = NULL;
+    r->outcome = STORE_DONE;
+    r->err[0] = '\0';
+}
+
+/* Run requests [first, stop) in one transaction. 0, or -1 if a request or
+ * the commit failed (everything rolled back; r->err says why). */
+static int run_transaction(task_store *s, store_request *first, store_request *stop)
+{
     char err[256];
-    size_t n = 0;
     if (bus_log_begin(s->log, err, sizeof(err)) != 0) {
-        for (store_request *r = batch; r; r = r->next_)
-            r->outcome = STORE_FAILED, util_strlcpy(r->err, err, sizeof(r->err));
-        return;
+        for (store_request *r = first; r != stop; r = r->next_)
+            util_strlcpy(r->err, err, sizeof(r->err));
+        return -1;
     }
     purge_idempotency_keys(s);
-    for (store_request *r = batch; r; r = r->next_, n++) {
-        exec_sql(db, "SAVEPOINT req");
+    for (store_request *r = first; r != stop; r = r->next_) {
         if (run_request(s, r) != 0) {
-            exec_sql(db, "ROLLBACK TO req");
-            r->outcome = STORE_FAILED;
-            task_release(&r->result);
-            LOG_ERROR_CID(r->correlation_id, "store: %s", r->err);
+            bus_log_rollback(s->log);
+            return -1;
         }
-        exec_sql(db, "RELEASE req");
     }
     if (bus_log_commit(s->log, err, sizeof(err)) != 0) {
-        LOG_ERROR("store: batch of %zu requests failed to commit: %s", n, err);
-        for (store_request *r = batch; r; r = r->next_) {
-            r->outcome = STORE_FAILED;
+        for (store_request *r = first; r != stop; r = r->next_)
             util_strlcpy(r->err, err, sizeof(r->err));
-        }
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * The whole batch in one transaction. Requests that fail logically (not
+ * found, stale version) write nothing, so no savepoints are needed; if one
+ * hits a database error, the batch is rolled back and every request is run
+ * again in a transaction of its own, so only the failing one fails.
+ */
+static void run_batch(task_store *s, store_request *batch)
+{
+    size_t n = 0;
+    for (store_request *r = batch; r; r = r->next_)
+        n++;
+    if (run_transaction(s, batch, NULL) == 0) {
+        s->batches++;
+        s->requests += n;
         return;
     }
-    s->batches++;
-    s->requests += n;
+    if (n > 1)
+        LOG_WARN("store: a batch of %zu requests failed; retrying them one by one", n);
+    for (store_request *r = batch; r; r = r->next_) {
+        reset_outputs(r);
+        store_request *next = r->next_;
+        r->next_ = NULL; /* run_transaction() walks to NULL */
+        if (run_transaction(s, r, NULL) == 0) {
+            s->batches++;
+            s->requests++;
+        } else {
+            reset_outputs(r);
+            r->outcome = STORE_FAILED;
+            LOG_ERROR_CID(r->correlation_id, "store: %s", r->err);
+        }
+        r->next_ = next;
+    }
 }
 
 static void *writer_main(void *arg)
@@ -524,38 +613,74 @@ static void *writer_main(void *arg)
 
         run_batch(s, batch);
 
-        pthread_mutex_lock(&s->lock);
+        /* callbacks first (the request may be freed by them), then the
+         * waiters of task_store_execute() */
+        store_request *waiting = NULL;
         for (store_request *r = batch; r;) {
             store_request *next = r->next_;
-            r->next_ = NULL;
-            r->done_ = 1;
+            if (r->on_done_) {
+                r->next_ = NULL;
+                r->on_done_(r, r->on_done_arg_);
+            } else {
+                r->next_ = waiting;
+                waiting = r;
+            }
             r = next;
         }
-        pthread_cond_broadcast(&s->done_cond);
+        pthread_mutex_lock(&s->lock);
+        if (waiting) {
+            for (store_request *r = waiting; r;) {
+                store_request *next = r->next_;
+                r->next_ = NULL;
+                r->done_ = 1;
+                r = next;
+            }
+            pthread_cond_broadcast(&s->done_cond);
+        }
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;
 }
 
-int task_store_execute(task_store *s, store_request *req)
+/* Link req into the queue; called with s->lock held. */
+static int enqueue(task_store *s, store_request *req)
 {
+    if (s->stopping)
+        return -1;
     req->done_ = 0;
     req->next_ = NULL;
-    pthread_mutex_lock(&s->lock);
-    if (s->stopping) {
-        pthread_mutex_unlock(&s->lock);
-        return -1;
-    }
     if (s->tail)
         s->tail->next_ = req;
     else
         s->head = req;
     s->tail = req;
     pthread_cond_signal(&s->work_cond);
+    return 0;
+}
+
+int task_store_execute(task_store *s, store_request *req)
+{
+    req->on_done_ = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (enqueue(s, req) != 0) {
+        pthread_mutex_unlock(&s->lock);
+        return -1;
+    }
     while (!req->done_)
         pthread_cond_wait(&s->done_cond, &s->lock);
     pthread_mutex_unlock(&s->lock);
     return 0;
+}
+
+int task_store_submit(task_store *s, store_request *req,
+                      void (*on_done)(store_request *req, void *arg), void *arg)
+{
+    req->on_done_ = on_done;
+    req->on_done_arg_ = arg;
+    pthread_mutex_lock(&s->lock);
+    int rc = enqueue(s, req);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
 }
 
 /* ---- open / close ------------------------------------------------------ */
@@ -583,9 +708,10 @@ task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
     }
     if (bus_log_commit(s->log, err, errlen) != 0)
         goto fail;
-    if (prepare(db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1", &s->w_get, err,
-                errlen) != 0 ||
-        prepare(db, "INSERT INTO tasks(" TASK_COLUMNS ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
+    if (prepare(db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1", &s->w_get, err, errlen) !=
+            0 ||
+        prepare(db,
+                "INSERT INTO tasks(" TASK_COLUMNS ") VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
                 &s->w_insert, err, errlen) != 0 ||
         prepare(db,
                 "UPDATE tasks SET title=?2, description=?3, owner_id=?4, priority=?5, "
@@ -593,8 +719,8 @@ task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
                 "version=?11 WHERE id=?1",
                 &s->w_update, err, errlen) != 0 ||
         prepare(db, "DELETE FROM tasks WHERE id = ?1", &s->w_delete, err, errlen) != 0 ||
-        prepare(db, "INSERT INTO task_events(task_id, seq, event) VALUES(?1, ?2, ?3)",
-                &s->w_event, err, errlen) != 0 ||
+        prepare(db, "INSERT INTO task_events(task_id, seq, event) VALUES(?1, ?2, ?3)", &s->w_event,
+                err, errlen) != 0 ||
         prepare(db, "SELECT request_hash, status, body FROM idempotency_keys WHERE key = ?1",
                 &s->w_idem_get, err, errlen) != 0 ||
         prepare(db,
@@ -687,14 +813,14 @@ static reader *reader_borrow(task_store *s, char *err, size_t errlen)
     }
     sqlite3_busy_timeout(r->db, 5000);
     if (exec_sql(r->db, "PRAGMA query_only=1") != 0 ||
-        prepare(r->db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1", &r->get, err,
-                errlen) != 0 ||
+        prepare(r->db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1", &r->get, err, errlen) !=
+            0 ||
         prepare(r->db,
                 "SELECT " TASK_COLUMNS " FROM tasks WHERE (?1 IS NULL OR owner_id = ?1) AND "
                 "(?2 IS NULL OR completed = ?2) AND id > ?3 ORDER BY id LIMIT ?4",
                 &r->list, err, errlen) != 0 ||
-        prepare(r->db, "SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq",
-                &r->events, err, errlen) != 0) {
+        prepare(r->db, "SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq", &r->events,
+                err, errlen) != 0) {
         reader_free(r);
         return NULL;
     }

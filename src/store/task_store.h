@@ -61,26 +61,37 @@ typedef struct store_request {
     /* ---- in ---- */
     store_op op;
     char task_id[TASK_ID_MAX + 1]; /* create: chosen by the caller */
-    task input;          /* create: title, description, owner_id, priority, due_ms (borrowed) */
-    json_t *patch;       /* update: object of validated new values (title, description,
-                            owner_id, priority, due_at as "…Z" text or null); borrowed */
-    int64_t if_match;    /* 0: no precondition */
+    task input;           /* create: title, description, owner_id, priority, due_ms (borrowed) */
+    char *prepared_event; /* create: the encoded task.created (store_prepare_create) */
+    size_t prepared_event_len;
+    json_t *patch;    /* update: object of validated new values (title, description,
+                         owner_id, priority, due_at as "…Z" text or null); borrowed */
+    int64_t if_match; /* 0: no precondition */
     const char *correlation_id;
     const char *idempotency_key; /* NULL: none */
     const char *request_hash;    /* with idempotency_key: hash of method, path and body */
     store_render_fn render;      /* with idempotency_key */
     /* ---- out ---- */
     store_outcome outcome;
-    task result;          /* the task after the request (DONE, UNCHANGED) or as it is
-                             (VERSION_MISMATCH); release with store_request_release() */
+    task result;                       /* the task after the request (DONE, UNCHANGED) or as it is
+                                          (VERSION_MISMATCH); release with store_request_release() */
     char event_id[EVENT_UUID_LEN + 1]; /* DONE: the published event */
-    char *replay_body;    /* REPLAYED: the stored response body (owned) */
+    char *replay_body;                 /* REPLAYED: the stored response body (owned) */
     int replay_status;
     char err[256];
     /* ---- private to the store ---- */
     int done_;
+    void (*on_done_)(struct store_request *req, void *arg);
+    void *on_done_arg_;
     struct store_request *next_;
 } store_request;
+
+/*
+ * For a create: build and encode its task.created event now, on the
+ * caller's thread, so that the writer thread only has to insert it. Needs
+ * task_id, input and correlation_id set. 0, or -1 with err filled.
+ */
+int store_prepare_create(store_request *req, char *err, size_t errlen);
 
 /* Zero a request before filling its inputs. */
 void store_request_init(store_request *req, store_op op);
@@ -100,6 +111,15 @@ void task_store_close(task_store *s);
  * req->outcome is set (any outcome), -1 only if the store is closing. */
 int task_store_execute(task_store *s, store_request *req);
 
+/*
+ * Queue a write request without waiting: on_done(req, arg) is called from
+ * the writer thread once the request's batch committed (or failed) and
+ * req->outcome is set; req must stay valid until then. Returns 0, or -1 if
+ * the store is closing (on_done is then never called).
+ */
+int task_store_submit(task_store *s, store_request *req,
+                      void (*on_done)(store_request *req, void *arg), void *arg);
+
 /* Read one task. Returns 1 found (*out filled), 0 not found, -1 error. */
 int task_store_get(task_store *s, const char *id, task *out, char *err, size_t errlen);
 
@@ -118,8 +138,7 @@ int task_store_list(task_store *s, const char *owner_id, const char *status, con
  * the task was deleted). Returns 1 and sets *events, 0 if the task never
  * existed, -1 on error.
  */
-int task_store_events(task_store *s, const char *id, json_t **events, char *err,
-                      size_t errlen);
+int task_store_events(task_store *s, const char *id, json_t **events, char *err, size_t errlen);
 
 /* Counters for the benchmark and logs: transactions and requests committed. */
 void task_store_stats(task_store *s, uint64_t *batches, uint64_t *requests);
