@@ -1,5 +1,6 @@
 # herald - build, test and benchmark.
 #
+#   make up          build and run the whole system (herald up) on the embedded log
 #   make             build build/herald
 #   make test        build and run every test (C unit tests, then end-to-end)
 #   make bench       run the benchmarks (medians of several runs)
@@ -39,11 +40,18 @@ BENCH_SRC := $(wildcard bench/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 PYTHON := /usr/bin/python3
 
-.PHONY: all deps test unit e2e memcheck bench clean format
+.PHONY: all deps test unit e2e memcheck bench clean format up
 all: deps $(BUILD)/herald
 
 deps:
 	@scripts/deps.sh
+
+LISTEN ?= $(or $(HERALD_LISTEN),127.0.0.1:8080)
+up: all
+	@echo "herald: Task API on http://$(LISTEN), data in $(or $(HERALD_DATA_DIR),./herald-data) (Ctrl-C stops it)"
+	@echo "try:    curl -s -X POST http://$(LISTEN)/tasks -H 'Content-Type: application/json' \\"
+	@echo "          -d '{\"title\": \"Review quarterly report\", \"owner_id\": \"user-456\", \"priority\": 2}'"
+	@HERALD_LISTEN=$(LISTEN) exec $(BUILD)/herald up
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)

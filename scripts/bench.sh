@@ -10,3 +10,6 @@ echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "# command: $build/bench/bus_bench --runs $runs"
 "$build/bench/bus_bench" --runs "$runs" --dir "$build/bench-data"
 rm -rf "$build/bench-data"
+echo
+echo "# command: bench/api_bench.py $build --runs $runs"
+/usr/bin/python3 bench/api_bench.py "$build" --runs "$runs"

@@ -5,9 +5,9 @@
 set -eu
 
 PACKAGES="gcc make pkg-config libc6-dev
-libsqlite3-dev libjansson-dev libcmocka-dev
+libsqlite3-dev libjansson-dev libmicrohttpd-dev libssl-dev libcmocka-dev
 python3 python3-pytest
-valgrind"
+valgrind wrk curl"
 
 missing=""
 for pkg in $PACKAGES; do

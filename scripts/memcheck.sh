@@ -19,4 +19,28 @@ $vg "$build/herald" publish task.create --data '{}' >/dev/null 2>&1 && exit 1
 $vg "$build/herald" tail >/dev/null
 $vg "$build/herald" tail --group g --type 'task.*' >/dev/null
 $vg "$build/herald" --help >/dev/null
+
+echo "== valgrind herald api (requests of every kind, then SIGTERM)"
+port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HERALD_LISTEN=127.0.0.1:$port HERALD_LOG_LEVEL=warn $vg "$build/herald" api &
+pid=$!
+url=http://127.0.0.1:$port
+for i in $(seq 100); do curl -sf "$url/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+json='Content-Type: application/json'
+id=$(curl -sf -X POST "$url/tasks" -H "$json" -H 'Idempotency-Key: k1' \
+    -d '{"title":"memcheck","owner_id":"u-1","due_at":"2030-01-01T00:00:00Z"}' |
+    /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+curl -sf -X POST "$url/tasks" -H "$json" -H 'Idempotency-Key: k1' \
+    -d '{"title":"memcheck","owner_id":"u-1","due_at":"2030-01-01T00:00:00Z"}' >/dev/null
+curl -sf "$url/tasks/$id" >/dev/null
+curl -sf "$url/tasks?owner_id=u-1&limit=1" >/dev/null
+curl -sf -X PATCH "$url/tasks/$id" -H "$json" -H 'If-Match: "1"' -d '{"title":"t2","due_at":null}' >/dev/null
+curl -sf -X POST "$url/tasks/$id/complete" >/dev/null
+curl -sf "$url/tasks/$id/events" >/dev/null
+curl -s -X POST "$url/tasks" -H "$json" -d '{"title":' >/dev/null
+curl -s -X POST "$url/tasks" -H "$json" -d '{"title":"","priority":9,"x":1}' >/dev/null
+curl -s -X PUT "$url/tasks" >/dev/null
+curl -sf -X DELETE "$url/tasks/$id" >/dev/null
+kill -TERM $pid
+wait $pid
 echo "memcheck: no leaks, no errors"

@@ -516,7 +516,8 @@ static api_pending *create_task(const api_request *req, api_response *resp)
     check_due(body, errors, &sr->input.due_ms);
     check_unknown(body, known, errors);
     if (json_array_size(errors) > 0) {
-        invalid_fields(resp, errors);
+        invalid_fields(resp, errors); /* takes errors */
+        errors = NULL;
         goto refused;
     }
     json_decref(errors);

@@ -1,0 +1,382 @@
+/*
+ * test_store.c - the task store (store/task_store.h) on a real SQLite log:
+ * each outcome of each operation, the events it publishes, idempotency
+ * keys, and group commit (concurrent requests share transactions, and every
+ * committed task has exactly its event in the log).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "bus/bus.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "event/event.h"
+#include "store/task_store.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct fixture {
+    char dir[64];
+    bus_config cfg;
+    task_store *store;
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = xcalloc(1, sizeof(*f));
+    snprintf(f->dir, sizeof(f->dir), "/tmp/herald-test-store-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    bus_config cfg = BUS_CONFIG_INIT;
+    cfg.data_dir = f->dir;
+    cfg.retention_ms = 0;
+    cfg.synchronous_full = 0;
+    f->cfg = cfg;
+    char err[256];
+    f->store = task_store_open(&f->cfg, err, sizeof(err));
+    assert_non_null(f->store);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    task_store_close(f->store);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+    assert_int_equal(system(cmd), 0);
+    free(f);
+    return 0;
+}
+
+/* All events in task-events, decoded, in order. */
+static size_t read_events(fixture *f, event *out, size_t max)
+{
+    char err[256];
+    const char *topics[1] = {"task-events"};
+    bus_subscription sub = BUS_SUBSCRIPTION_INIT;
+    sub.topics = topics;
+    sub.topic_count = 1;
+    bus_consumer *c = bus_consumer_open(&f->cfg, &sub, err, sizeof(err));
+    assert_non_null(c);
+    size_t n = 0;
+    for (;;) {
+        const bus_message *m;
+        size_t k;
+        assert_int_equal(bus_consumer_poll(c, 0, &m, &k, err, sizeof(err)), 0);
+        if (!k)
+            break;
+        for (size_t i = 0; i < k; i++) {
+            event ev = EVENT_INIT;
+            assert_int_equal(event_decode(&ev, m[i].value, m[i].value_len, err, sizeof(err)), 0);
+            /* the key is the task id */
+            assert_string_equal(m[i].key, json_string_value(json_object_get(ev.data, "task_id")));
+            if (n < max)
+                out[n] = ev;
+            else
+                event_release(&ev);
+            n++;
+        }
+    }
+    bus_consumer_close(c);
+    return n;
+}
+
+static void release_events(event *evs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        event_release(&evs[i]);
+}
+
+static void create(fixture *f, const char *title, const char *cid, store_request *sr)
+{
+    store_request_init(sr, STORE_CREATE);
+    event_uuid_v7(sr->task_id);
+    sr->input.title = (char *)title;
+    sr->input.owner_id = "user-456";
+    sr->input.priority = 2;
+    sr->correlation_id = cid;
+    char err[256];
+    assert_int_equal(store_prepare_create(sr, err, sizeof(err)), 0);
+    assert_int_equal(task_store_execute(f->store, sr), 0);
+    memset(&sr->input, 0, sizeof(sr->input));
+}
+
+static void test_create_stores_task_and_event(void **state)
+{
+    fixture *f = *state;
+    store_request sr;
+    create(f, "Review quarterly report", "req-abc-123", &sr);
+    assert_int_equal(sr.outcome, STORE_DONE);
+    assert_int_equal(sr.result.version, 1);
+    task t = TASK_INIT;
+    char err[256];
+    assert_int_equal(task_store_get(f->store, sr.task_id, &t, err, sizeof(err)), 1);
+    assert_string_equal(t.title, "Review quarterly report");
+    assert_string_equal(t.owner_id, "user-456");
+    assert_int_equal(t.priority, 2);
+    assert_int_equal(t.completed, 0);
+    task_release(&t);
+    event evs[4];
+    assert_int_equal(read_events(f, evs, 4), 1);
+    assert_string_equal(evs[0].event_type, "task.created");
+    assert_string_equal(evs[0].event_id, sr.event_id);
+    assert_string_equal(evs[0].correlation_id, "req-abc-123");
+    char causation[128];
+    snprintf(causation, sizeof(causation), "api-create-%s", sr.task_id);
+    assert_string_equal(evs[0].causation_id, causation);
+    assert_string_equal(evs[0].source, "task-api");
+    assert_string_equal(json_string_value(json_object_get(evs[0].data, "title")),
+                        "Review quarterly report");
+    release_events(evs, 1);
+    store_request_release(&sr);
+}
+
+static void test_update_complete_delete_and_their_events(void **state)
+{
+    fixture *f = *state;
+    store_request c, r;
+    create(f, "old title", "c1", &c);
+    /* stale If-Match */
+    store_request_init(&r, STORE_UPDATE);
+    util_strlcpy(r.task_id, c.task_id, sizeof(r.task_id));
+    json_t *patch = json_pack("{s:s, s:i}", "title", "new title", "priority", 5);
+    r.patch = patch;
+    r.if_match = 7;
+    r.correlation_id = "c2";
+    assert_int_equal(task_store_execute(f->store, &r), 0);
+    assert_int_equal(r.outcome, STORE_VERSION_MISMATCH);
+    assert_int_equal(r.result.version, 1);
+    store_request_release(&r);
+    /* good If-Match */
+    store_request_init(&r, STORE_UPDATE);
+    util_strlcpy(r.task_id, c.task_id, sizeof(r.task_id));
+    r.patch = patch;
+    r.if_match = 1;
+    r.correlation_id = "c2";
+    assert_int_equal(task_store_execute(f->store, &r), 0);
+    assert_int_equal(r.outcome, STORE_DONE);
+    assert_int_equal(r.result.version, 2);
+    assert_string_equal(r.result.title, "new title");
+    store_request_release(&r);
+    /* the same values again: no change, no event */
+    store_request_init(&r, STORE_UPDATE);
+    util_strlcpy(r.task_id, c.task_id, sizeof(r.task_id));
+    r.patch = patch;
+    r.correlation_id = "c2";
+    assert_int_equal(task_store_execute(f->store, &r), 0);
+    assert_int_equal(r.outcome, STORE_UNCHANGED);
+    store_request_release(&r);
+    json_decref(patch);
+    /* complete twice: one event */
+    for (int i = 0; i < 2; i++) {
+        store_request_init(&r, STORE_COMPLETE);
+        util_strlcpy(r.task_id, c.task_id, sizeof(r.task_id));
+        r.correlation_id = "c3";
+        assert_int_equal(task_store_execute(f->store, &r), 0);
+        assert_int_equal(r.outcome, i == 0 ? STORE_DONE : STORE_UNCHANGED);
+        assert_int_equal(r.result.completed, 1);
+        store_request_release(&r);
+    }
+    /* delete, then it is gone */
+    store_request_init(&r, STORE_DELETE);
+    util_strlcpy(r.task_id, c.task_id, sizeof(r.task_id));
+    r.correlation_id = "c4";
+    assert_int_equal(task_store_execute(f->store, &r), 0);
+    assert_int_equal(r.outcome, STORE_DONE);
+    store_request_release(&r);
+    store_request_init(&r, STORE_DELETE);
+    util_strlcpy(r.task_id, c.task_id, sizeof(r.task_id));
+    assert_int_equal(task_store_execute(f->store, &r), 0);
+    assert_int_equal(r.outcome, STORE_NOT_FOUND);
+    store_request_release(&r);
+    char err[256];
+    task t = TASK_INIT;
+    assert_int_equal(task_store_get(f->store, c.task_id, &t, err, sizeof(err)), 0);
+
+    event evs[8];
+    size_t n = read_events(f, evs, 8);
+    assert_int_equal(n, 4);
+    assert_string_equal(evs[0].event_type, "task.created");
+    assert_string_equal(evs[1].event_type, "task.updated");
+    assert_string_equal(evs[2].event_type, "task.completed");
+    assert_string_equal(evs[3].event_type, "task.deleted");
+    json_t *changes = json_object_get(evs[1].data, "changes");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(changes, "title"), "old")),
+                        "old title");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(changes, "title"), "new")),
+                        "new title");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(changes, "priority"), "old")),
+                     2);
+    assert_string_equal(evs[3].correlation_id, "c4");
+    /* the task's own history survives its deletion */
+    json_t *history;
+    assert_int_equal(task_store_events(f->store, c.task_id, &history, err, sizeof(err)), 1);
+    assert_int_equal(json_array_size(history), 4);
+    json_decref(history);
+    release_events(evs, n);
+    store_request_release(&c);
+}
+
+static char *render_fixed(const store_request *sr, int *status)
+{
+    *status = 201;
+    char buf[128];
+    snprintf(buf, sizeof(buf), "{\"id\":\"%s\"}", sr->result.id);
+    return xstrdup(buf);
+}
+
+static void test_idempotency_keys(void **state)
+{
+    fixture *f = *state;
+    char first_body[128] = "";
+    for (int i = 0; i < 3; i++) {
+        store_request sr;
+        store_request_init(&sr, STORE_CREATE);
+        event_uuid_v7(sr.task_id);
+        sr.input.title = "t";
+        sr.input.owner_id = "o";
+        sr.correlation_id = "c";
+        sr.idempotency_key = "key-1";
+        sr.request_hash = i < 2 ? "hash-a" : "hash-b";
+        sr.render = render_fixed;
+        char err[256];
+        assert_int_equal(store_prepare_create(&sr, err, sizeof(err)), 0);
+        assert_int_equal(task_store_execute(f->store, &sr), 0);
+        if (i == 0) {
+            assert_int_equal(sr.outcome, STORE_DONE);
+            snprintf(first_body, sizeof(first_body), "{\"id\":\"%s\"}", sr.task_id);
+        } else if (i == 1) {
+            assert_int_equal(sr.outcome, STORE_REPLAYED);
+            assert_int_equal(sr.replay_status, 201);
+            assert_string_equal(sr.replay_body, first_body);
+        } else {
+            assert_int_equal(sr.outcome, STORE_KEY_REUSED);
+        }
+        memset(&sr.input, 0, sizeof(sr.input));
+        store_request_release(&sr);
+    }
+    event evs[4];
+    assert_int_equal(read_events(f, evs, 4), 1); /* one task, one event */
+    release_events(evs, 1);
+}
+
+typedef struct worker {
+    fixture *f;
+    int count;
+} worker;
+
+static void *create_many(void *arg)
+{
+    worker *w = arg;
+    for (int i = 0; i < w->count; i++) {
+        store_request sr;
+        create(w->f, "concurrent", "load", &sr);
+        assert_int_equal(sr.outcome, STORE_DONE);
+        store_request_release(&sr);
+    }
+    return NULL;
+}
+
+static void test_group_commit_shares_transactions(void **state)
+{
+    fixture *f = *state;
+    enum { THREADS = 16, EACH = 40 };
+    pthread_t th[THREADS];
+    worker w = {f, EACH};
+    for (int i = 0; i < THREADS; i++)
+        pthread_create(&th[i], NULL, create_many, &w);
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(th[i], NULL);
+    uint64_t batches, requests;
+    task_store_stats(f->store, &batches, &requests);
+    assert_int_equal(requests, THREADS * EACH);
+    /* concurrent requests were committed together */
+    assert_true(batches < requests);
+    /* every task has exactly its one event */
+    task *tasks;
+    size_t n;
+    int more;
+    char err[256];
+    assert_int_equal(task_store_list(f->store, NULL, NULL, NULL, 500, &tasks, &n, &more, err,
+                                     sizeof(err)),
+                     0);
+    for (size_t i = 0; i < n; i++)
+        task_release(&tasks[i]);
+    free(tasks);
+    assert_int_equal(n, 500); /* a full first page, and more behind it */
+    assert_int_equal(more, 1);
+    assert_int_equal(read_events(f, NULL, 0), THREADS * EACH);
+}
+
+static void test_list_filters_and_pages(void **state)
+{
+    fixture *f = *state;
+    store_request sr;
+    char ids[5][TASK_ID_MAX + 1];
+    for (int i = 0; i < 5; i++) {
+        create(f, "t", "c", &sr);
+        util_strlcpy(ids[i], sr.task_id, sizeof(ids[i]));
+        store_request_release(&sr);
+    }
+    store_request_init(&sr, STORE_COMPLETE);
+    util_strlcpy(sr.task_id, ids[1], sizeof(sr.task_id));
+    assert_int_equal(task_store_execute(f->store, &sr), 0);
+    store_request_release(&sr);
+    task *tasks;
+    size_t n;
+    int more;
+    char err[256];
+    assert_int_equal(
+        task_store_list(f->store, "user-456", "open", NULL, 2, &tasks, &n, &more, err, sizeof(err)),
+        0);
+    assert_int_equal(n, 2);
+    assert_int_equal(more, 1);
+    assert_string_equal(tasks[0].id, ids[0]);
+    assert_string_equal(tasks[1].id, ids[2]); /* ids[1] is completed */
+    char after[TASK_ID_MAX + 1];
+    util_strlcpy(after, tasks[1].id, sizeof(after));
+    for (size_t i = 0; i < n; i++)
+        task_release(&tasks[i]);
+    free(tasks);
+    assert_int_equal(
+        task_store_list(f->store, "user-456", "open", after, 2, &tasks, &n, &more, err, sizeof(err)),
+        0);
+    assert_int_equal(n, 2);
+    assert_int_equal(more, 0);
+    assert_string_equal(tasks[1].id, ids[4]);
+    for (size_t i = 0; i < n; i++)
+        task_release(&tasks[i]);
+    free(tasks);
+    assert_int_equal(
+        task_store_list(f->store, "nobody", NULL, NULL, 10, &tasks, &n, &more, err, sizeof(err)), 0);
+    assert_int_equal(n, 0);
+    free(tasks);
+    assert_int_equal(
+        task_store_list(f->store, NULL, "completed", NULL, 10, &tasks, &n, &more, err, sizeof(err)),
+        0);
+    assert_int_equal(n, 1);
+    assert_string_equal(tasks[0].id, ids[1]);
+    task_release(&tasks[0]);
+    free(tasks);
+}
+
+int main(void)
+{
+    log_threshold = LOG_LEVEL_ERROR;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_create_stores_task_and_event, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_update_complete_delete_and_their_events, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency_keys, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_group_commit_shares_transactions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_list_filters_and_pages, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("store", tests, NULL, NULL);
+}
