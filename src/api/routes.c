@@ -393,11 +393,17 @@ static int store_failure(const store_request *sr, api_response *resp)
     case STORE_REPLAYED:
         resp->status = sr->replay_status;
         resp->body = sr->replay_body ? xstrdup(sr->replay_body) : NULL;
-        if (resp->status == 201 && sr->replay_body) {
+        if (sr->replay_body) {
+            /* the first response's Location and ETag, from its body */
             json_t *j = json_loads(sr->replay_body, 0, NULL);
-            const char *id = json_string_value(json_object_get(j, "id"));
-            if (id)
+            json_t *t = json_object_get(j, "task") ? json_object_get(j, "task") : j;
+            const char *id = json_string_value(json_object_get(t, "id"));
+            json_t *version = json_object_get(t, "version");
+            if (id && resp->status == 201)
                 snprintf(resp->location, sizeof(resp->location), "/tasks/%s", id);
+            if (json_is_integer(version))
+                snprintf(resp->etag, sizeof(resp->etag), "\"%lld\"",
+                         (long long)json_integer_value(version));
             json_decref(j);
         }
         return 1;

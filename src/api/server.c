@@ -39,6 +39,12 @@
 #define CONNECTION_TIMEOUT_S 60
 #define THREAD_STACK_SIZE (256 * 1024)
 #define MAX_POOL_THREADS 8
+/* Characters of a request path shown in the log line. */
+#define LOG_PATH_MAX 200
+/* A body without Content-Length that outgrows API_MAX_BODY is read and
+ * dropped to its end (then 413), up to this much; past it the connection
+ * is closed. */
+#define API_MAX_DISCARD (1024 * 1024)
 
 struct api_server {
     struct MHD_Daemon *daemon;
@@ -55,6 +61,7 @@ typedef struct request_ctx {
     char *body;
     size_t len, cap;
     int too_large;
+    size_t discarded; /* bytes dropped after the body went over the limit */
     int answered;
     api_request req;
     /* a change waiting for the store */
@@ -102,6 +109,40 @@ static enum MHD_Result collect_query(void *cls, enum MHD_ValueKind kind, const c
     return MHD_YES;
 }
 
+/*
+ * A client's text made safe for one log line: bytes outside printable
+ * ASCII become \xNN, so a path can never start a forged line, and long
+ * ones are cut at LOG_PATH_MAX characters ("...").
+ */
+static void loggable(const char *in, char *out, size_t outlen)
+{
+    size_t o = 0, shown = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 8 < outlen; p++) {
+        if (shown++ >= LOG_PATH_MAX) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (*p < 0x20 || *p > 0x7e || *p == '\\')
+            o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", *p);
+        else
+            out[o++] = (char)*p;
+    }
+    out[o] = '\0';
+}
+
+/*
+ * URL unescaping: as libmicrohttpd's own, except that a path holding an
+ * encoded NUL (%00) is left undecoded, so it can never be cut short into
+ * another route ("/tasks/%00abc" is not "/tasks"); it then matches nothing.
+ */
+static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+    if (strstr(s, "%00"))
+        return strlen(s);
+    return MHD_http_unescape(s);
+}
+
 static enum MHD_Result send_response(struct MHD_Connection *conn, request_ctx *ctx,
                                      const char *method, const char *url, api_response *resp)
 {
@@ -125,7 +166,13 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, request_ctx *c
     MHD_destroy_response(r);
     ctx->answered = 1;
     double ms = (double)(util_monotonic_ns() - ctx->start_ns) / 1e6;
-    LOG_INFO_CID(ctx->correlation_id, "%s %s %d %.2fms", method, url, resp->status, ms);
+    if (log_threshold <= LOG_LEVEL_INFO) {
+        char path[LOG_PATH_MAX * 4 + 8];
+        loggable(url, path, sizeof(path));
+        char verb[24];
+        loggable(method, verb, sizeof(verb));
+        LOG_INFO_CID(ctx->correlation_id, "%s %s %d %.2fms", verb, path, resp->status, ms);
+    }
     return ok;
 }
 
@@ -189,12 +236,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (*upload_data_size) {
         size_t n = *upload_data_size;
         *upload_data_size = 0;
+        if (ctx->too_large) {
+            /* discarded, nothing is kept; an endless body is cut off */
+            ctx->discarded += n;
+            return ctx->discarded > API_MAX_DISCARD ? MHD_NO : MHD_YES;
+        }
         if (ctx->len + n > API_MAX_BODY) {
-            api_response resp = {0};
-            too_large(&resp);
+            /* a body without Content-Length that grew past the limit:
+             * libmicrohttpd cannot answer in the middle of an upload, so
+             * the rest is read and dropped, then 413 */
+            ctx->too_large = 1;
             free(ctx->body);
             ctx->body = NULL;
-            return send_response(conn, ctx, method, url, &resp);
+            ctx->len = 0;
+            return MHD_YES;
         }
         if (ctx->len + n + 1 > ctx->cap) {
             ctx->cap = ctx->len + n + 1 < 4096 ? 4096 : (ctx->len + n + 1) * 2;
@@ -206,6 +261,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     /* the whole request is here */
+    if (ctx->too_large) {
+        api_response resp = {0};
+        too_large(&resp);
+        return send_response(conn, ctx, method, url, &resp);
+    }
     api_request *req = &ctx->req;
     req->method = method;
     req->path = url;
@@ -280,12 +340,12 @@ api_server *api_server_start(const char *listen, task_store *store, char *err, s
     unsigned pool = cores < 1 ? 1 : cores > MAX_POOL_THREADS ? MAX_POOL_THREADS : (unsigned)cores;
     if (ai->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    srv->daemon = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, srv,
-                                   MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
-                                   (unsigned)CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
-                                   (unsigned)CONNECTION_TIMEOUT_S, MHD_OPTION_THREAD_STACK_SIZE,
-                                   (size_t)THREAD_STACK_SIZE, MHD_OPTION_THREAD_POOL_SIZE, pool,
-                                   MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_END);
+    srv->daemon = MHD_start_daemon(
+        flags, (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)CONNECTION_TIMEOUT_S, MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK_SIZE,
+        MHD_OPTION_THREAD_POOL_SIZE, pool, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!srv->daemon) {
         util_error(err, errlen, "cannot listen on '%s' (address in use or not available)", listen);

@@ -7,12 +7,14 @@ stopped when the test ends whatever happens."""
 
 import http.client
 import json
+import queue
 import re
 import socket
 import subprocess
+import threading
 import time
 
-from helpers import CMD_TIMEOUT, HERALD_BIN, clean_env, consume_all
+from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env, consume_all
 
 LISTENING = re.compile(r"Task API listening on http://127\.0\.0\.1:(\d+)\b")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -99,6 +101,10 @@ class Api:
                 pass
             return b"".join(chunks)
 
+    def session(self):
+        """A client that keeps one connection open (for many quick reads)."""
+        return Session(self)
+
     # ---- shortcuts ----
 
     def create(self, title="write the report", owner_id="alice", headers=None, **fields):
@@ -120,6 +126,52 @@ class Api:
         return r.status == 200 and r.json == {"status": "ok"}
 
 
+class Session:
+    """Reads over one keep-alive connection, reopened (and the request
+    retried once) if the server closed it - so: not for changes."""
+
+    def __init__(self, api):
+        self.api = api
+        self.conn = None
+
+    def request(self, method, path, json_body=None, headers=None):
+        body = json.dumps(json_body).encode() if json_body is not None else None
+        h = dict(JSON) if body is not None else {}
+        h.update(headers or {})
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = self.api.connection()
+            try:
+                self.conn.request(method, path, body=body, headers=h)
+                r = self.conn.getresponse()
+                data = r.read()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()
+                if attempt == 2:
+                    raise
+                continue
+            if r.getheader("Connection", "").lower() == "close":
+                self.close()
+            return Response(r.status, r.reason, r.getheaders(), data)
+
+    def all_tasks(self, query=""):
+        """Every task, following next_after page by page (limit 500)."""
+        tasks, after = [], None
+        while True:
+            q = f"/tasks?limit=500{query}" + (f"&after={after}" if after else "")
+            r = self.request("GET", q)
+            assert r.status == 200, r
+            tasks += r.json["tasks"]
+            after = r.json["next_after"]
+            if after is None:
+                return tasks
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 def wait_listening(proc, timeout=CMD_TIMEOUT):
     """Wait for the 'Task API listening on http://127.0.0.1:PORT' line on
     the server's stderr; returns PORT."""
@@ -134,14 +186,50 @@ def wait_listening(proc, timeout=CMD_TIMEOUT):
             return int(m.group(1))
 
 
-def start_api(procs, *args, cmd="api", env=None):
-    """Start `herald <cmd>` on 127.0.0.1:0 (any free port) with procs;
-    returns an Api (api.proc is the Proc)."""
+class ApiProc(Proc):
+    """helpers.Proc, but reading the child's output as UTF-8 with
+    backslash escapes instead of failing: the request log echoes the
+    client's (decoded) path, which can hold any bytes. With the strict
+    decoder a single such line ends Proc's reader thread, the stderr pipe
+    fills up and the server blocks in write(2) (see test_api.py's log
+    tests)."""
+
+    def __init__(self, argv, env, stdin=subprocess.DEVNULL):
+        self.argv = argv
+        self.popen = subprocess.Popen(argv, env=env, stdin=stdin, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, bufsize=1,
+                                      encoding="utf-8", errors="backslashreplace")
+        self.started = time.monotonic()
+        self.ended = None
+        self.out = queue.Queue()
+        self.err = queue.Queue()
+        self.err_lines = []
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.popen.stdout, self.out, None),
+                             daemon=True),
+            threading.Thread(target=self._pump, args=(self.popen.stderr, self.err,
+                                                      self.err_lines), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+
+def start_server(procs, *args, cmd="api", env=None, data_dir=None):
+    """Start `herald <cmd>` on 127.0.0.1:0 (any free port); procs stops it
+    at the end of the test. Returns an Api (api.proc is the ApiProc)."""
     e = {"HERALD_LISTEN": "127.0.0.1:0"}
     e.update(env or {})
-    p = procs.herald(cmd, *args, env=e)
+    if data_dir is not None:
+        e["HERALD_DATA_DIR"] = str(data_dir)
+    p = ApiProc([str(HERALD_BIN), cmd, *map(str, args)], clean_env(None, e))
+    procs.adopt(p.popen)
     port = wait_listening(p)
     return Api(port, p)
+
+
+def start_api(procs, data_dir, *args, cmd="api", env=None):
+    """start_server() on data_dir."""
+    return start_server(procs, *args, cmd=cmd, env=env, data_dir=data_dir)
 
 
 def wait_log(proc, predicate, timeout=CMD_TIMEOUT):

@@ -208,12 +208,12 @@ static void test_update_complete_delete_and_their_events(void **state)
     assert_string_equal(evs[2].event_type, "task.completed");
     assert_string_equal(evs[3].event_type, "task.deleted");
     json_t *changes = json_object_get(evs[1].data, "changes");
-    assert_string_equal(json_string_value(json_object_get(json_object_get(changes, "title"), "old")),
-                        "old title");
-    assert_string_equal(json_string_value(json_object_get(json_object_get(changes, "title"), "new")),
-                        "new title");
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(changes, "priority"), "old")),
-                     2);
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(changes, "title"), "old")), "old title");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(changes, "title"), "new")), "new title");
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(changes, "priority"), "old")), 2);
     assert_string_equal(evs[3].correlation_id, "c4");
     /* the task's own history survives its deletion */
     json_t *history;
@@ -304,9 +304,8 @@ static void test_group_commit_shares_transactions(void **state)
     size_t n;
     int more;
     char err[256];
-    assert_int_equal(task_store_list(f->store, NULL, NULL, NULL, 500, &tasks, &n, &more, err,
-                                     sizeof(err)),
-                     0);
+    assert_int_equal(
+        task_store_list(f->store, NULL, NULL, NULL, 500, &tasks, &n, &more, err, sizeof(err)), 0);
     for (size_t i = 0; i < n; i++)
         task_release(&tasks[i]);
     free(tasks);
@@ -345,9 +344,9 @@ static void test_list_filters_and_pages(void **state)
     for (size_t i = 0; i < n; i++)
         task_release(&tasks[i]);
     free(tasks);
-    assert_int_equal(
-        task_store_list(f->store, "user-456", "open", after, 2, &tasks, &n, &more, err, sizeof(err)),
-        0);
+    assert_int_equal(task_store_list(f->store, "user-456", "open", after, 2, &tasks, &n, &more, err,
+                                     sizeof(err)),
+                     0);
     assert_int_equal(n, 2);
     assert_int_equal(more, 0);
     assert_string_equal(tasks[1].id, ids[4]);
@@ -355,7 +354,8 @@ static void test_list_filters_and_pages(void **state)
         task_release(&tasks[i]);
     free(tasks);
     assert_int_equal(
-        task_store_list(f->store, "nobody", NULL, NULL, 10, &tasks, &n, &more, err, sizeof(err)), 0);
+        task_store_list(f->store, "nobody", NULL, NULL, 10, &tasks, &n, &more, err, sizeof(err)),
+        0);
     assert_int_equal(n, 0);
     free(tasks);
     assert_int_equal(
