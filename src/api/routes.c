@@ -68,10 +68,12 @@ static size_t utf8_length(const char *s)
     return n;
 }
 
+/* C0 controls, DEL, and the C1 controls U+0080..U+009F (0xC2 0x80..0x9F
+ * in UTF-8, which jansson guarantees strings are). */
 static int has_control(const char *s)
 {
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        if (*p < 0x20 || *p == 0x7f || (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
             return 1;
     return 0;
 }

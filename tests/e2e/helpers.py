@@ -42,7 +42,8 @@ class Proc:
     def __init__(self, argv, env, stdin=subprocess.DEVNULL):
         self.argv = argv
         self.popen = subprocess.Popen(argv, env=env, stdin=stdin, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, bufsize=1)
+                                      stderr=subprocess.PIPE, text=True, bufsize=1,
+                                      errors="backslashreplace")
         self.started = time.monotonic()
         self.ended = None
         self.out = queue.Queue()

@@ -429,6 +429,7 @@ MAX_TITLE = "é" * 500
     ({"title": "", "owner_id": "b"}, {("title", "empty")}),
     ({"title": "a", "owner_id": "b\u0001c"}, {("owner_id", "control_characters")}),
     ({"title": "a", "owner_id": "b\nc"}, {("owner_id", "control_characters")}),
+    ({"title": "a", "owner_id": "b\u0085c"}, {("owner_id", "control_characters")}),
     ({"title": "a", "owner_id": "b", "due_at": "tomorrow"}, {("due_at", "bad_timestamp")}),
     ({"title": "a", "owner_id": "b", "due_at": "2025-02-30T00:00:00Z"},
      {("due_at", "bad_timestamp")}),
