@@ -42,7 +42,8 @@ static const char *up_usage =
     "usage: herald up [--listen HOST:PORT] [--data-dir DIR]\n"
     "\n"
     "Run the whole system in one process on the embedded event log: the Task API\n"
-    "(see 'herald api --help') and every agent.\n"
+    "(see 'herald api --help') and the agents. No agent exists yet, so today this\n"
+    "is the Task API alone.\n"
     "\n";
 
 static int no_options(void *ctx, const char *name, const char *value, char *err, size_t errlen)

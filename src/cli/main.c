@@ -16,7 +16,7 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {"up", cmd_up, "run the Task API and every agent in one process"},
+    {"up", cmd_up, "run the whole system in one process (today: the Task API)"},
     {"api", cmd_api, "run the Task API (HTTP) alone"},
     {"publish", cmd_publish, "publish one event (validated) and print it"},
     {"tail", cmd_tail, "print events as JSON lines; --follow to keep waiting"},
