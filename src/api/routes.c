@@ -603,20 +603,31 @@ static api_pending *simple_change(const api_request *req, const char *id, store_
     return p;
 }
 
+/* A read of task id returned rc (1 found, 0 not, -1 error): answer 404 or
+ * 500 and return 1, or return 0 when found. */
+static int read_failed(api_response *resp, int rc, const char *id, const char *err)
+{
+    char detail[320];
+    if (rc < 0) {
+        snprintf(detail, sizeof(detail), "cannot read task '%s': %s", id, err);
+        api_problem(resp, 500, "storage-failed", "Internal Server Error", detail, NULL);
+        return 1;
+    }
+    if (rc == 0) {
+        snprintf(detail, sizeof(detail), "no task with id '%s'", id);
+        api_problem(resp, 404, "not-found", "Not Found", detail, NULL);
+        return 1;
+    }
+    return 0;
+}
+
 static void get_task(task_store *store, const char *id, api_response *resp)
 {
     task t = TASK_INIT;
-    char err[256], detail[300];
+    char err[256];
     int rc = task_store_get(store, id, &t, err, sizeof(err));
-    if (rc < 0) {
-        snprintf(detail, sizeof(detail), "cannot read the task: %s", err);
-        api_problem(resp, 500, "storage-failed", "Internal Server Error", detail, NULL);
-    } else if (rc == 0) {
-        snprintf(detail, sizeof(detail), "no task with id '%s'", id);
-        api_problem(resp, 404, "not-found", "Not Found", detail, NULL);
-    } else {
+    if (!read_failed(resp, rc, id, err))
         respond_task(resp, 200, &t);
-    }
     task_release(&t);
 }
 
@@ -694,15 +705,9 @@ static void list_tasks(task_store *store, const api_request *req, api_response *
 static void task_events(task_store *store, const char *id, api_response *resp)
 {
     json_t *events;
-    char err[256], detail[300];
+    char err[256];
     int rc = task_store_events(store, id, &events, err, sizeof(err));
-    if (rc < 0) {
-        snprintf(detail, sizeof(detail), "cannot read events: %s", err);
-        api_problem(resp, 500, "storage-failed", "Internal Server Error", detail, NULL);
-    } else if (rc == 0) {
-        snprintf(detail, sizeof(detail), "no task with id '%s'", id);
-        api_problem(resp, 404, "not-found", "Not Found", detail, NULL);
-    } else {
+    if (!read_failed(resp, rc, id, err)) {
         json_t *o = json_object();
         json_object_set_new(o, "task_id", json_string(id));
         json_object_set_new(o, "events", events);

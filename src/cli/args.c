@@ -101,3 +101,24 @@ int cli_parse(const char *cmd, int argc, char **argv, const cli_option *opts, si
     }
     return 0;
 }
+
+int cli_finish_parse(const char *cmd, const cli_parsed *args, const char *usage, int max_positional,
+                     int *status)
+{
+    if (args->help) {
+        fputs(usage, stdout);
+        config_print_help();
+        *status = CLI_OK;
+        return 1;
+    }
+    *status = CLI_USAGE;
+    if (args->positional_count > max_positional) {
+        cli_usage_error(cmd, "unexpected argument '%s'", args->positional[max_positional]);
+        return 1;
+    }
+    if (args->rest) {
+        cli_usage_error(cmd, "unexpected arguments after '--'");
+        return 1;
+    }
+    return 0;
+}

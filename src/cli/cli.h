@@ -44,6 +44,15 @@ typedef struct cli_parsed {
 int cli_parse(const char *cmd, int argc, char **argv, const cli_option *opts, size_t nopts,
               herald_config *cfg, cli_option_fn on_option, void *ctx, cli_parsed *out);
 
+/*
+ * The checks every command makes after cli_parse(): --help prints usage and
+ * the settings table (*status = CLI_OK); more than max_positional
+ * arguments, or any after "--", is a usage error (*status = CLI_USAGE).
+ * Returns 1 when the command should stop with *status, else 0.
+ */
+int cli_finish_parse(const char *cmd, const cli_parsed *args, const char *usage, int max_positional,
+                     int *status);
+
 /* Print "herald CMD: <message>" to stderr; returns CLI_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -60,17 +60,8 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     task_store *store = NULL;
     api_server *srv = NULL;
     char err[512];
-    if (args.help) {
-        fputs(usage, stdout);
-        config_print_help();
-        status = CLI_OK;
+    if (cli_finish_parse(cmd, &args, usage, 0, &status))
         goto out;
-    }
-    if (args.positional_count > 0 || args.rest) {
-        cli_usage_error(cmd, "unexpected argument '%s'",
-                        args.positional_count ? args.positional[0] : "--");
-        goto out;
-    }
     status = CLI_FAILED;
     sigset_t stop_signals;
     sigemptyset(&stop_signals);

@@ -69,22 +69,10 @@ int cmd_publish(int argc, char **argv, herald_config *cfg)
     char *value = NULL;
     char err[512];
 
-    if (args.help) {
-        fputs(usage, stdout);
-        config_print_help();
-        status = CLI_OK;
+    if (cli_finish_parse("publish", &args, usage, 1, &status))
         goto out;
-    }
     if (args.positional_count == 0) {
         cli_usage_error("publish", "missing EVENT_TYPE (see 'herald publish --help')");
-        goto out;
-    }
-    if (args.positional_count > 1) {
-        cli_usage_error("publish", "unexpected argument '%s'", args.positional[1]);
-        goto out;
-    }
-    if (args.rest) {
-        cli_usage_error("publish", "unexpected arguments after '--'");
         goto out;
     }
     if (!o.data) {

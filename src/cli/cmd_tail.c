@@ -114,17 +114,8 @@ int cmd_tail(int argc, char **argv, herald_config *cfg)
     int status = CLI_USAGE;
     bus_consumer *consumer = NULL;
     char err[512];
-    if (args.help) {
-        fputs(usage, stdout);
-        config_print_help();
-        status = CLI_OK;
+    if (cli_finish_parse("tail", &args, usage, 0, &status))
         goto out;
-    }
-    if (args.positional_count > 0 || args.rest) {
-        cli_usage_error("tail", "unexpected argument '%s'",
-                        args.positional_count ? args.positional[0] : "--");
-        goto out;
-    }
     status = CLI_FAILED;
     bus_config bus;
     if (config_bus(cfg, &bus, err, sizeof(err)) != 0) {
