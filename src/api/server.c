@@ -67,8 +67,24 @@ typedef struct request_ctx {
     /* a change waiting for the store */
     api_pending *pending;
     struct MHD_Connection *conn;
-    volatile int store_done;
+    /* how many of the two owners of a pending change are done with it:
+     * the store (its callback ran) and MHD (the request ended before the
+     * answer was sent, which happens only while stopping). The second one
+     * frees the context. The store's callback always comes first otherwise,
+     * so releases >= 1 also means "the store answered". */
+    int releases;
 } request_ctx;
+
+static void free_ctx(request_ctx *ctx)
+{
+    if (ctx->pending) {
+        api_response ignored = {0};
+        api_finish(ctx->pending, &ignored);
+        free(ignored.body);
+    }
+    free(ctx->body);
+    free(ctx);
+}
 
 int api_parse_listen(const char *listen, char *host, size_t hostlen, unsigned *port)
 {
@@ -188,8 +204,12 @@ static void too_large(api_response *resp)
 static void on_store_done(store_request *sr, void *arg)
 {
     request_ctx *ctx = arg;
-    __atomic_store_n(&ctx->store_done, 1, __ATOMIC_RELEASE);
-    MHD_resume_connection(ctx->conn);
+    struct MHD_Connection *conn = ctx->conn; /* read before ctx can be freed */
+    if (__atomic_add_fetch(&ctx->releases, 1, __ATOMIC_ACQ_REL) == 2) {
+        free_ctx(ctx); /* MHD already ended the request: nobody waits */
+        return;
+    }
+    MHD_resume_connection(conn);
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
@@ -222,7 +242,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     if (ctx->pending) {
         /* resumed: the store answered */
-        if (!__atomic_load_n(&ctx->store_done, __ATOMIC_ACQUIRE))
+        if (__atomic_load_n(&ctx->releases, __ATOMIC_ACQUIRE) == 0)
             return MHD_YES;
         api_response resp = {0};
         api_finish(ctx->pending, &resp);
@@ -301,9 +321,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     request_ctx *ctx = *req_cls;
     if (!ctx)
         return;
-    free(ctx->body);
-    free(ctx);
     *req_cls = NULL;
+    if (ctx->pending) {
+        /* ended before its answer: the store may still hold the request */
+        if (__atomic_add_fetch(&ctx->releases, 1, __ATOMIC_ACQ_REL) == 1)
+            ctx = NULL; /* the store still holds it: on_store_done() frees it */
+    }
+    if (ctx)
+        free_ctx(ctx);
     pthread_mutex_lock(&srv->lock);
     if (--srv->in_flight == 0)
         pthread_cond_broadcast(&srv->idle);
