@@ -212,6 +212,10 @@ static int check_due(json_t *body, json_t *errors, int64_t *ms)
     return 1;
 }
 
+/* The fields a task body may hold (POST and PATCH). */
+static const char *const task_fields[] = {"title",       "owner_id", "priority",
+                                          "description", "due_at",   NULL};
+
 static void check_unknown(json_t *body, const char *const *known, json_t *errors)
 {
     const char *key;
@@ -503,8 +507,6 @@ static api_pending *create_task(const api_request *req, api_response *resp)
     json_t *body = parse_body(req, resp);
     if (!body)
         return NULL;
-    static const char *const known[] = {"title",       "owner_id", "priority",
-                                        "description", "due_at",   NULL};
     json_t *errors = json_array();
     api_pending *p = pending_new(STORE_CREATE, req);
     p->body = body;
@@ -522,7 +524,7 @@ static api_pending *create_task(const api_request *req, api_response *resp)
     if (check_string(body, &description_rule, errors))
         sr->input.description = (char *)json_string_value(json_object_get(body, "description"));
     check_due(body, errors, &sr->input.due_ms);
-    check_unknown(body, known, errors);
+    check_unknown(body, task_fields, errors);
     if (json_array_size(errors) > 0) {
         invalid_fields(resp, errors); /* takes errors */
         errors = NULL;
@@ -555,8 +557,6 @@ static api_pending *update_task(const api_request *req, const char *id, api_resp
     json_t *body = parse_body(req, resp);
     if (!body)
         return NULL;
-    static const char *const known[] = {"title",       "owner_id", "priority",
-                                        "description", "due_at",   NULL};
     json_t *errors = json_array();
     json_t *patch = json_object();
     int priority;
@@ -574,7 +574,7 @@ static api_pending *update_task(const api_request *req, const char *id, api_resp
         event_format_time(due_ms, buf);
         json_object_set_new(patch, "due_at", due_ms ? json_string(buf) : json_null());
     }
-    check_unknown(body, known, errors);
+    check_unknown(body, task_fields, errors);
     if (json_array_size(errors) > 0) {
         invalid_fields(resp, errors);
         json_decref(patch);

@@ -7,11 +7,9 @@ stopped when the test ends whatever happens."""
 
 import http.client
 import json
-import queue
 import re
 import socket
 import subprocess
-import threading
 import time
 
 from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env, consume_all
@@ -186,42 +184,14 @@ def wait_listening(proc, timeout=CMD_TIMEOUT):
             return int(m.group(1))
 
 
-class ApiProc(Proc):
-    """helpers.Proc, but reading the child's output as UTF-8 with
-    backslash escapes instead of failing: the request log echoes the
-    client's (decoded) path, which can hold any bytes. With the strict
-    decoder a single such line ends Proc's reader thread, the stderr pipe
-    fills up and the server blocks in write(2) (see test_api.py's log
-    tests)."""
-
-    def __init__(self, argv, env, stdin=subprocess.DEVNULL):
-        self.argv = argv
-        self.popen = subprocess.Popen(argv, env=env, stdin=stdin, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, bufsize=1,
-                                      encoding="utf-8", errors="backslashreplace")
-        self.started = time.monotonic()
-        self.ended = None
-        self.out = queue.Queue()
-        self.err = queue.Queue()
-        self.err_lines = []
-        self._threads = [
-            threading.Thread(target=self._pump, args=(self.popen.stdout, self.out, None),
-                             daemon=True),
-            threading.Thread(target=self._pump, args=(self.popen.stderr, self.err,
-                                                      self.err_lines), daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-
 def start_server(procs, *args, cmd="api", env=None, data_dir=None):
     """Start `herald <cmd>` on 127.0.0.1:0 (any free port); procs stops it
-    at the end of the test. Returns an Api (api.proc is the ApiProc)."""
+    at the end of the test. Returns an Api (api.proc is its Proc)."""
     e = {"HERALD_LISTEN": "127.0.0.1:0"}
     e.update(env or {})
     if data_dir is not None:
         e["HERALD_DATA_DIR"] = str(data_dir)
-    p = ApiProc([str(HERALD_BIN), cmd, *map(str, args)], clean_env(None, e))
+    p = Proc([str(HERALD_BIN), cmd, *map(str, args)], clean_env(None, e))
     procs.adopt(p.popen)
     port = wait_listening(p)
     return Api(port, p)

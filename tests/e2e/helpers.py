@@ -37,13 +37,16 @@ def clean_env(data_dir=None, extra=None):
 
 class Proc:
     """A started child with its stdout and stderr read line by line by
-    background threads, so a test can wait for a line with a timeout."""
+    background threads, so a test can wait for a line with a timeout.
+    Output is decoded as UTF-8 with backslash escapes for other bytes: a
+    server's log echoes client input, and a strict decoder would end the
+    reader thread, fill the pipe and block the server in write(2)."""
 
     def __init__(self, argv, env, stdin=subprocess.DEVNULL):
         self.argv = argv
         self.popen = subprocess.Popen(argv, env=env, stdin=stdin, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, bufsize=1,
-                                      errors="backslashreplace")
+                                      encoding="utf-8", errors="backslashreplace")
         self.started = time.monotonic()
         self.ended = None
         self.out = queue.Queue()

@@ -7,10 +7,8 @@ import subprocess
 import time
 from collections import defaultdict
 
-import pytest
-
 from helpers import (CMD_TIMEOUT, HERALD_BIN, clean_env, consume_all, init_log,
-                     is_sanitizer_build, parse_committed, parse_consumed, run_busctl)
+                     parse_committed, parse_consumed, run_busctl)
 
 # A consumer that should never go idle while a test still feeds it.
 WAITING = ["--idle-exit-ms", "60000"]
