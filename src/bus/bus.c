@@ -147,6 +147,17 @@ int bus_consumer_commit(bus_consumer *c, char *err, size_t errlen)
     return bus_consumer_sqlite_commit(c->sqlite, err, errlen);
 }
 
+int bus_consumer_seek(bus_consumer *c, const char *topic, int32_t partition, int64_t offset,
+                      char *err, size_t errlen)
+{
+    return bus_consumer_sqlite_seek(c->sqlite, topic, partition, offset, err, errlen);
+}
+
+bus_consumer_sqlite *bus_consumer_sqlite_of(bus_consumer *c)
+{
+    return c->kind == BUS_SQLITE ? c->sqlite : NULL;
+}
+
 void bus_consumer_wakeup(bus_consumer *c)
 {
     bus_consumer_sqlite_wakeup(c->sqlite);

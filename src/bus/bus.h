@@ -160,6 +160,15 @@ int bus_consumer_poll(bus_consumer *c, int timeout_ms, const bus_message **msgs,
 int bus_consumer_commit(bus_consumer *c, char *err, size_t errlen);
 
 /*
+ * Set the position of topic (partition) to offset, the next offset to read:
+ * records after it are returned by the next poll, and the next commit stores
+ * it. Used to read again the part of a batch that was not handled. Returns
+ * 0, or -1 with err filled if the consumer does not read that topic.
+ */
+int bus_consumer_seek(bus_consumer *c, const char *topic, int32_t partition, int64_t offset,
+                      char *err, size_t errlen);
+
+/*
  * Make a blocked (or the next) bus_consumer_poll() return at once with no
  * records. Async-signal-safe and thread-safe.
  */

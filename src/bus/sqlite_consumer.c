@@ -660,6 +660,21 @@ void bus_consumer_sqlite_mark_committed(bus_consumer_sqlite *c)
         c->topics[i].committed = c->topics[i].position;
 }
 
+int bus_consumer_sqlite_seek(bus_consumer_sqlite *c, const char *topic, int32_t partition,
+                             int64_t offset, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < c->topic_count; i++) {
+        if (strcmp(c->topics[i].name, topic) != 0)
+            continue;
+        if (partition != 0 || offset < 1)
+            return util_error(err, errlen, "cannot seek '%s' to partition %d offset %lld", topic,
+                              (int)partition, (long long)offset);
+        c->topics[i].position = offset;
+        return 0;
+    }
+    return util_error(err, errlen, "cannot seek: the consumer does not read topic '%s'", topic);
+}
+
 void bus_consumer_sqlite_wakeup(bus_consumer_sqlite *c)
 {
     uint64_t one = 1;

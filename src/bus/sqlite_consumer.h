@@ -27,6 +27,11 @@ int bus_consumer_sqlite_poll(bus_consumer_sqlite *c, int timeout_ms, const bus_m
 int bus_consumer_sqlite_commit(bus_consumer_sqlite *c, char *err, size_t errlen);
 /* Record that the positions written by the last commit are durable. */
 void bus_consumer_sqlite_mark_committed(bus_consumer_sqlite *c);
+/* As bus_consumer_seek(). */
+int bus_consumer_sqlite_seek(bus_consumer_sqlite *c, const char *topic, int32_t partition,
+                             int64_t offset, char *err, size_t errlen);
+/* The embedded consumer behind a bus_consumer, or NULL for another backend. */
+bus_consumer_sqlite *bus_consumer_sqlite_of(bus_consumer *c);
 /* As bus_consumer_wakeup(). */
 void bus_consumer_sqlite_wakeup(bus_consumer_sqlite *c);
 /* As bus_consumer_close(). */

@@ -93,6 +93,104 @@ static int set_listen(herald_config *cfg, const char *v, char *err, size_t errle
     return 0;
 }
 
+/* A string setting stored at an offset of herald_config; any value. */
+#define STRING_SETTER(field, max_len)                                                             \
+    static int set_##field(herald_config *cfg, const char *v, char *err, size_t errlen)           \
+    {                                                                                             \
+        if (strlen(v) > (max_len))                                                                \
+            return util_error(err, errlen, "too long (at most %d characters)", (int)(max_len));  \
+        for (const char *p = v; *p; p++)                                                          \
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)                                           \
+                return util_error(err, errlen, "must not contain control characters");           \
+        free(cfg->field);                                                                         \
+        cfg->field = xstrdup(v);                                                                  \
+        return 0;                                                                                 \
+    }
+
+STRING_SETTER(smtp_url, 2048)
+STRING_SETTER(smtp_user, 256)
+STRING_SETTER(smtp_password, 256)
+STRING_SETTER(slack_webhook_url, 2048)
+STRING_SETTER(audit_dir, 3000)
+
+static int set_smtp_from(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    const char *at = strchr(v, '@');
+    if (!at || at == v || !at[1] || strlen(v) > 254 || strpbrk(v, " <>\"\r\n\t,;"))
+        return util_error(err, errlen, "'%s' is not a plain mail address (name@domain)", v);
+    free(cfg->smtp_from);
+    cfg->smtp_from = xstrdup(v);
+    return 0;
+}
+
+static int set_email_domain(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n > 253)
+        return util_error(err, errlen, "must be a domain name of 1..253 characters");
+    for (const char *p = v; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '.' || *p == '-'))
+            return util_error(err, errlen, "'%s' is not a domain name", v);
+    free(cfg->email_domain);
+    cfg->email_domain = xstrdup(v);
+    return 0;
+}
+
+static int set_slack_channel(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n > 80)
+        return util_error(err, errlen, "must be 1..80 characters");
+    for (const char *p = v; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == ' ')
+            return util_error(err, errlen, "must not contain spaces or control characters");
+    free(cfg->slack_channel);
+    cfg->slack_channel = xstrdup(v);
+    return 0;
+}
+
+static int parse_ms(const char *v, int64_t min, int64_t *out, char *err, size_t errlen)
+{
+    int64_t ms;
+    if ((strcmp(v, "0") == 0 && min == 0) ? (ms = 0, 0) : util_parse_duration_ms(v, &ms) != 0)
+        return util_error(err, errlen, "invalid duration '%s' (e.g. 500ms, 30s, 15m, 2h)", v);
+    if (ms < min)
+        return util_error(err, errlen, "'%s' is too short (at least %lldms)", v, (long long)min);
+    *out = ms;
+    return 0;
+}
+
+static int set_remind_before(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    return parse_ms(v, 0, &cfg->remind_before_ms, err, errlen);
+}
+
+static int set_call_timeout(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    return parse_ms(v, 100, &cfg->call_timeout_ms, err, errlen);
+}
+
+static int set_retry_base(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    return parse_ms(v, 1, &cfg->retry_base_ms, err, errlen);
+}
+
+static int set_retry_max(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    return parse_ms(v, 1, &cfg->retry_max_ms, err, errlen);
+}
+
+static int set_retry_attempts(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (end == v || *end || n < 1 || n > 100)
+        return util_error(err, errlen, "must be a whole number from 1 to 100, not '%s'", v);
+    cfg->retry_attempts = (int)n;
+    return 0;
+}
+
 static const setting settings[] = {
     {"data-dir", "HERALD_DATA_DIR", "./herald-data",
      "directory of the event log (bus.db) and all state", set_data_dir},
@@ -107,6 +205,29 @@ static const setting settings[] = {
     {"log-level", "HERALD_LOG_LEVEL", "info", "debug, info, warn, error or off", set_log_level},
     {"listen", "HERALD_LISTEN", "127.0.0.1:8080",
      "HOST:PORT the Task API listens on (port 0: any free port)", set_listen},
+    {"smtp-url", "HERALD_SMTP_URL", "",
+     "smtp:// or smtps:// server for mail; empty: write .eml files to DATA_DIR/mail", set_smtp_url},
+    {"smtp-from", "HERALD_SMTP_FROM", "herald@localhost", "sender address of every mail",
+     set_smtp_from},
+    {"smtp-user", "HERALD_SMTP_USER", "", "SMTP login (empty: none)", set_smtp_user},
+    {"smtp-password", "HERALD_SMTP_PASSWORD", "", "SMTP password", set_smtp_password},
+    {"email-domain", "HERALD_EMAIL_DOMAIN", "company.com", "mail goes to <owner_id>@this domain",
+     set_email_domain},
+    {"slack-webhook-url", "HERALD_SLACK_WEBHOOK_URL", "",
+     "Slack incoming-webhook URL; empty: messages are only logged", set_slack_webhook_url},
+    {"slack-channel", "HERALD_SLACK_CHANNEL", "#tasks", "Slack channel of every message",
+     set_slack_channel},
+    {"audit-dir", "HERALD_AUDIT_DIR", "", "audit log directory (empty: DATA_DIR/audit)",
+     set_audit_dir},
+    {"remind-before", "HERALD_REMIND_BEFORE", "0", "reminders fire this long before due_at",
+     set_remind_before},
+    {"call-timeout", "HERALD_CALL_TIMEOUT", "30s",
+     "time limit of one SMTP, webhook or exec call", set_call_timeout},
+    {"retry-attempts", "HERALD_RETRY_ATTEMPTS", "5",
+     "handler calls per event before it goes to the dead-letter topic", set_retry_attempts},
+    {"retry-base", "HERALD_RETRY_BASE", "500ms", "first retry delay (doubles, with jitter)",
+     set_retry_base},
+    {"retry-max", "HERALD_RETRY_MAX", "30s", "longest retry delay", set_retry_max},
 };
 
 size_t config_count(void)
@@ -157,11 +278,40 @@ int config_bus(const herald_config *cfg, bus_config *bus, char *err, size_t errl
     return 0;
 }
 
+static const char *or_null(const char *s)
+{
+    return s && *s ? s : NULL;
+}
+
+void config_agents(const herald_config *cfg, agent_settings *out)
+{
+    agent_settings s = AGENT_SETTINGS_INIT;
+    s.data_dir = cfg->data_dir;
+    s.smtp_url = or_null(cfg->smtp_url);
+    s.smtp_from = cfg->smtp_from;
+    s.smtp_user = or_null(cfg->smtp_user);
+    s.smtp_password = or_null(cfg->smtp_password);
+    s.email_domain = cfg->email_domain;
+    s.slack_webhook_url = or_null(cfg->slack_webhook_url);
+    s.slack_channel = cfg->slack_channel;
+    s.audit_dir = or_null(cfg->audit_dir);
+    s.remind_before_ms = cfg->remind_before_ms;
+    s.call_timeout_ms = cfg->call_timeout_ms;
+    *out = s;
+}
+
+void config_retry(const herald_config *cfg, runtime_retry *out)
+{
+    out->max_attempts = cfg->retry_attempts;
+    out->base_ms = cfg->retry_base_ms;
+    out->max_ms = cfg->retry_max_ms < cfg->retry_base_ms ? cfg->retry_base_ms : cfg->retry_max_ms;
+}
+
 void config_print_help(void)
 {
     printf("Settings (flag, environment variable, default):\n");
     for (size_t i = 0; i < UTIL_ARRAY_LEN(settings); i++)
-        printf("  --%-12s %-18s %-15s %s\n", settings[i].flag, settings[i].env,
+        printf("  --%-18s %-25s %-17s %s\n", settings[i].flag, settings[i].env,
                settings[i].default_value, settings[i].help);
 }
 
@@ -171,6 +321,14 @@ void config_release(herald_config *cfg)
     free(cfg->bus_url);
     free(cfg->log_level);
     free(cfg->listen);
+    free(cfg->smtp_url);
+    free(cfg->smtp_from);
+    free(cfg->smtp_user);
+    free(cfg->smtp_password);
+    free(cfg->email_domain);
+    free(cfg->slack_webhook_url);
+    free(cfg->slack_channel);
+    free(cfg->audit_dir);
     herald_config empty = HERALD_CONFIG_INIT;
     *cfg = empty;
 }

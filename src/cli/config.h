@@ -9,7 +9,9 @@
 #ifndef HERALD_CONFIG_H
 #define HERALD_CONFIG_H
 
+#include "agents/agents.h"
 #include "bus/bus.h"
+#include "runtime/runtime.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -21,10 +23,26 @@ typedef struct herald_config {
     int sync_full;        /* HERALD_SYNC, --sync: full (1) or normal (0) */
     char *log_level;      /* HERALD_LOG_LEVEL, --log-level */
     char *listen;         /* HERALD_LISTEN, --listen: HOST:PORT of the Task API */
+
+    /* agents */
+    char *smtp_url;            /* HERALD_SMTP_URL; "" writes .eml files */
+    char *smtp_from;           /* HERALD_SMTP_FROM */
+    char *smtp_user;           /* HERALD_SMTP_USER */
+    char *smtp_password;       /* HERALD_SMTP_PASSWORD */
+    char *email_domain;        /* HERALD_EMAIL_DOMAIN */
+    char *slack_webhook_url;   /* HERALD_SLACK_WEBHOOK_URL; "" only logs */
+    char *slack_channel;       /* HERALD_SLACK_CHANNEL */
+    char *audit_dir;           /* HERALD_AUDIT_DIR; "" means DATA_DIR/audit */
+    int64_t remind_before_ms;  /* HERALD_REMIND_BEFORE */
+    int64_t call_timeout_ms;   /* HERALD_CALL_TIMEOUT */
+    int retry_attempts;        /* HERALD_RETRY_ATTEMPTS */
+    int64_t retry_base_ms;     /* HERALD_RETRY_BASE */
+    int64_t retry_max_ms;      /* HERALD_RETRY_MAX */
 } herald_config;
 
 /* clang-format off */
-#define HERALD_CONFIG_INIT {NULL, NULL, 0, 1, NULL, NULL}
+#define HERALD_CONFIG_INIT {NULL, NULL, 0, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+                           NULL, NULL, 0, 0, 0, 0, 0}
 /* clang-format on */
 
 /* Fill cfg with the defaults, then apply the environment. 0 or -1 + err. */
@@ -38,6 +56,12 @@ int config_set(herald_config *cfg, const char *name, const char *value, char *er
 
 /* Fill a bus configuration from cfg (pointers borrow cfg's strings). */
 int config_bus(const herald_config *cfg, bus_config *bus, char *err, size_t errlen);
+
+/* Fill the agents' settings from cfg (pointers borrow cfg's strings). */
+void config_agents(const herald_config *cfg, agent_settings *out);
+
+/* Fill the runtime's retry policy from cfg. */
+void config_retry(const herald_config *cfg, runtime_retry *out);
 
 /* Print the settings table (flag, variable, default, meaning) for --help. */
 void config_print_help(void);

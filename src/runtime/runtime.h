@@ -1,0 +1,223 @@
+/*
+ * runtime.h - the agent runtime: one consume loop that every agent shares.
+ *
+ * An agent is a small handler plus a description (agent_def). The runtime
+ * owns everything else, once:
+ *
+ *   poll a batch -> for each record: decode the envelope (an invalid one goes
+ *   straight to the dead-letter topic), skip types the agent does not handle,
+ *   drop duplicates (event_id already handled by this group), call the
+ *   handler, retrying AGENT_RETRY with exponential backoff and jitter up to
+ *   max_attempts -> in ONE transaction: the derived events the handlers
+ *   emitted, the de-duplication records, the dead letters and the group's
+ *   offsets -> commit.
+ *
+ * Dead letters: an event that failed for good (AGENT_FAIL, or AGENT_RETRY
+ * on the last attempt, or an undecodable record) is appended to the topic
+ * "<topic>.dlq" with the original key and value unchanged and the headers
+ * RUNTIME_DLQ_* below (reason, group, attempts, original topic and offset,
+ * time). The offset moves past it only in the transaction that wrote the
+ * dead letter, so nothing is lost and nothing stays stuck behind a poison
+ * event.
+ *
+ * Derived events: agent_emit() builds an event whose correlation_id is the
+ * input's, causation_id the input's event_id (or an event emitted earlier
+ * for the same input) and source the agent's name. They are published in
+ * the batch transaction, so they exist if and only if the input counts as
+ * handled.
+ *
+ * Side effects outside the log (a mail, a webhook, a file) happen before the
+ * transaction: after a crash the uncommitted part of a batch is handled
+ * again (at-least-once); agents make their side effects idempotent where
+ * they can (Message-ID from the event_id, audit lines checked against the
+ * file's tail) and keep batches small when they cannot.
+ *
+ * Threads: an agent_runtime is driven by one thread (agent_runtime_run());
+ * agent_runtime_stop() may be called from any thread.
+ */
+#ifndef HERALD_RUNTIME_H
+#define HERALD_RUNTIME_H
+
+#include "bus/bus.h"
+#include "event/event.h"
+
+#include <jansson.h>
+#include <sqlite3.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Headers of a dead letter (values are text). */
+#define RUNTIME_DLQ_REASON "dlq-reason"
+#define RUNTIME_DLQ_GROUP "dlq-group"
+#define RUNTIME_DLQ_ATTEMPTS "dlq-attempts"
+#define RUNTIME_DLQ_TOPIC "dlq-topic"
+#define RUNTIME_DLQ_OFFSET "dlq-offset"
+#define RUNTIME_DLQ_FAILED_AT "dlq-failed-at"
+/* Suffix of dead-letter topics: "task-events" -> "task-events.dlq". */
+#define RUNTIME_DLQ_SUFFIX ".dlq"
+
+/* What a handler says about one event. */
+typedef enum agent_outcome {
+    AGENT_OK = 0, /* handled: commit, record the event_id, publish what was emitted */
+    AGENT_RETRY,  /* transient failure: call again after a backoff */
+    AGENT_FAIL    /* permanent failure: dead-letter it with the reason */
+} agent_outcome;
+
+/* The handler's view of the event being handled (or of a timer firing). */
+typedef struct agent_ctx agent_ctx;
+
+/*
+ * Emit a derived event. type must be a valid past-tense type (event.h); its
+ * topic is "<domain>-events". data is borrowed (the runtime takes its own
+ * reference; do not modify it afterwards). key NULL uses data's "task_id"
+ * when it is a string, else the input record's key. caused_by NULL makes
+ * the input event the cause; otherwise it must be the id of an event emitted
+ * earlier for the same input (e.g. email.delivered caused by
+ * notification.sent). out_id (may be NULL) receives the new event's id.
+ * Nothing is published until the input is committed as handled; events
+ * emitted in an attempt that ends in AGENT_RETRY or AGENT_FAIL are dropped.
+ * Returns 0, or -1 with err filled (bad type or ids).
+ */
+int agent_emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
+               const char *caused_by, char out_id[EVENT_UUID_LEN + 1], char *err, size_t errlen);
+
+/*
+ * Emit an event with explicit correlation and causation ids, for timers
+ * (there is no input event). Otherwise as agent_emit().
+ */
+int agent_emit_with(agent_ctx *ctx, const char *type, json_t *data, const char *key,
+                    const char *correlation_id, const char *causation_id,
+                    char out_id[EVENT_UUID_LEN + 1], char *err, size_t errlen);
+
+/* Ask for this delay before the next attempt (e.g. HTTP Retry-After) instead
+ * of the computed backoff. Only meaningful with AGENT_RETRY. */
+void agent_retry_after(agent_ctx *ctx, int64_t delay_ms);
+
+/* The record being handled (NULL in a timer). Valid during the call. */
+const bus_message *agent_ctx_message(const agent_ctx *ctx);
+
+/* 1-based attempt number of this call. */
+int agent_ctx_attempt(const agent_ctx *ctx);
+
+/* The consumer group and the agent's name (its events' source). */
+const char *agent_ctx_group(const agent_ctx *ctx);
+const char *agent_ctx_name(const agent_ctx *ctx);
+
+/*
+ * The state database, with the batch transaction open. Only for handlers
+ * with in_transaction set, for setup, next_timer and fire_timers: at other
+ * times it returns NULL. In the embedded mode this is the event log's own
+ * database, so the agent's rows commit atomically with its events.
+ */
+sqlite3 *agent_ctx_db(const agent_ctx *ctx);
+
+/* ---- an agent --------------------------------------------------------- */
+
+typedef struct agent_def {
+    const char *name;  /* "email": `herald agent NAME`, logs, source of its events */
+    const char *group; /* consumer group, e.g. "notification-email" */
+    const char *const *topics; /* topics to read (borrowed) ... */
+    size_t topic_count;
+    const char *pattern; /* ... or a regex over topic names ("^.*-events$") */
+    const char *const *types; /* event types handed to the handler; others are
+                                 committed without a call. NULL: every type */
+    size_t type_count;
+    size_t max_batch; /* records per poll and per transaction; 0: 256 */
+
+    /* Handler: called for each new event of a handled type. On AGENT_FAIL or
+     * AGENT_RETRY it writes a short reason into reason[reasonlen]. */
+    agent_outcome (*handle)(void *state, agent_ctx *ctx, const event *ev, char *reason,
+                            size_t reasonlen);
+    /* 1: handle() runs inside the batch transaction (agent_ctx_db() is open;
+     * each call is wrapped in a savepoint that is rolled back if it does not
+     * return AGENT_OK). It must be quick and local: no network. AGENT_RETRY
+     * counts as a failure there. */
+    int in_transaction;
+
+    /* Optional hooks (NULL when unused). Each returns 0, or -1 with err. */
+    /* Once at start with the state database (create tables, load state). */
+    int (*setup)(void *state, sqlite3 *db, char *err, size_t errlen);
+    /* After a batch was handled, before its transaction: make side effects
+     * durable (the audit log's fsync). Failure: nothing is committed and the
+     * batch is handled again after a backoff. */
+    int (*before_commit)(void *state, char *err, size_t errlen);
+    /* Timers: the wall-clock ms of the next timer, or -1 for none; read after
+     * every batch (no transaction open, db readable). */
+    int64_t (*next_timer)(void *state, sqlite3 *db);
+    /* Fire the timers due at now_ms, inside a transaction (agent_ctx_db());
+     * events are emitted with agent_emit_with(). */
+    int (*fire_timers)(void *state, agent_ctx *ctx, int64_t now_ms, char *err, size_t errlen);
+    /* Free state (called by agent_runtime_close()). */
+    void (*destroy)(void *state);
+    void *state;
+} agent_def;
+
+/* clang-format off */
+#define AGENT_DEF_INIT { NULL, NULL, NULL, 0, NULL, NULL, 0, 0, NULL, 0, \
+                         NULL, NULL, NULL, NULL, NULL, NULL }
+/* clang-format on */
+
+/* Retry policy shared by the agents of a process. */
+typedef struct runtime_retry {
+    int max_attempts; /* calls of the handler before dead-lettering; >= 1 */
+    int64_t base_ms;  /* first backoff; doubles each attempt ... */
+    int64_t max_ms;   /* ... up to this; each delay is jittered to 50..100 % */
+} runtime_retry;
+
+/* clang-format off */
+#define RUNTIME_RETRY_INIT { 5, 500, 30000 }
+/* clang-format on */
+
+/* Counters of one runtime since it opened. */
+typedef struct runtime_stats {
+    uint64_t handled;       /* AGENT_OK */
+    uint64_t retried;       /* attempts that returned AGENT_RETRY */
+    uint64_t dead_lettered; /* written to a .dlq topic */
+    uint64_t duplicates;    /* dropped: event_id already handled by the group */
+    uint64_t skipped;       /* types the agent does not handle */
+    uint64_t emitted;       /* derived events published */
+    uint64_t batches;       /* transactions committed */
+} runtime_stats;
+
+typedef struct agent_runtime agent_runtime;
+
+/*
+ * Open the runtime of one agent: its consumer (group def->group), its state
+ * database and the de-duplication table, then def->setup. The runtime takes
+ * over def->state (def->destroy runs at close, also when open fails).
+ * Returns NULL with err filled on failure.
+ */
+agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
+                                  const runtime_retry *retry, char *err, size_t errlen);
+
+/*
+ * Run the loop until agent_runtime_stop(): poll, handle, commit, fire
+ * timers. Errors of the bus or the database are logged and retried after a
+ * backoff (the batch is read again from the committed offsets). Returns 0
+ * after a stop.
+ */
+int agent_runtime_run(agent_runtime *rt);
+
+/*
+ * One round of the loop: poll (waiting up to timeout_ms), handle, commit,
+ * fire due timers. *handled (may be NULL) receives the number of records
+ * read. Returns 0, or -1 with err filled (the records of the batch that were
+ * not committed will be read again).
+ */
+int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char *err,
+                       size_t errlen);
+
+/* Make run() return after the event in hand; thread-safe. */
+void agent_runtime_stop(agent_runtime *rt);
+
+/* Counters so far (a consistent copy; thread-safe). */
+void agent_runtime_stats(agent_runtime *rt, runtime_stats *out);
+
+/* The agent's name. */
+const char *agent_runtime_name(const agent_runtime *rt);
+
+/* Close the consumer and the database and destroy the agent's state.
+ * NULL is a no-op. */
+void agent_runtime_close(agent_runtime *rt);
+
+#endif
