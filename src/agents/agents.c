@@ -8,6 +8,8 @@
 
 static const agent_entry registry[] = {
     /* name, summary, factory, started by `herald up` */
+    {"scheduler", "reminders for tasks with a due_at (reminder.scheduled, .due, .cancelled)",
+     agent_scheduler_def, 1},
     {NULL, NULL, NULL, 0}, /* end */
 };
 
