@@ -488,6 +488,31 @@ static size_t read_topic(rt_fixture *f, const char *topic)
     return f->out_count;
 }
 
+/* How many records of each reminder type the log holds. */
+static void count_reminders(rt_fixture *f, size_t *scheduled, size_t *due)
+{
+    const char *topics[1] = {"reminder-events"};
+    bus_subscription sub = BUS_SUBSCRIPTION_INIT;
+    sub.topics = topics;
+    sub.topic_count = 1;
+    char err[256];
+    bus_consumer *c = bus_consumer_open(&f->cfg, &sub, err, sizeof(err));
+    assert_non_null(c);
+    *scheduled = *due = 0;
+    for (;;) {
+        const bus_message *m;
+        size_t n;
+        assert_int_equal(bus_consumer_poll(c, 0, &m, &n, err, sizeof(err)), 0);
+        if (n == 0)
+            break;
+        for (size_t i = 0; i < n; i++) {
+            *scheduled += strstr(m[i].value, "\"reminder.scheduled\"") != NULL;
+            *due += strstr(m[i].value, "\"reminder.due\"") != NULL;
+        }
+    }
+    bus_consumer_close(c);
+}
+
 static size_t read_reminders(rt_fixture *f)
 {
     return read_topic(f, "reminder-events");
@@ -693,6 +718,27 @@ static void test_rt_bad_data_dead_lettered(void **state)
     assert_true(st.dead_lettered == 2);
 }
 
+/* More reminders due at once than one statement round reads: all fire,
+ * each once. */
+static void test_rt_backlog_fires_completely(void **state)
+{
+    rt_fixture *f = *state;
+    for (int i = 0; i < 300; i++) {
+        char json[256], id[32];
+        snprintf(id, sizeof(id), "bulk-%03d", i);
+        snprintf(json, sizeof(json), TASK("%s", "2021-03-04T05:06:07Z"), id);
+        pub(f, "task.created", json, "req-bulk", NULL);
+    }
+    drain(f);
+    size_t scheduled, due;
+    count_reminders(f, &scheduled, &due);
+    assert_int_equal(scheduled, 300);
+    assert_int_equal(due, 300);
+    drain(f);
+    count_reminders(f, &scheduled, &due);
+    assert_int_equal(due, 300);
+}
+
 /* A pending reminder takes a changed title; it fires when due, and a
  * restarted agent still knows it. */
 static void test_rt_fires_when_due_after_restart(void **state)
@@ -751,6 +797,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rt_reschedule, rt_setup, rt_teardown),
         cmocka_unit_test_setup_teardown(test_rt_remind_before, rt_setup, rt_teardown),
         cmocka_unit_test_setup_teardown(test_rt_bad_data_dead_lettered, rt_setup, rt_teardown),
+        cmocka_unit_test_setup_teardown(test_rt_backlog_fires_completely, rt_setup, rt_teardown),
         cmocka_unit_test_setup_teardown(test_rt_fires_when_due_after_restart, rt_setup,
                                         rt_teardown),
     };
