@@ -8,6 +8,8 @@
 
 static const agent_entry registry[] = {
     /* name, summary, factory, started by `herald up` */
+    {"email", "mail task owners about new tasks and due reminders (SMTP or .eml files)",
+     agent_email_def, 1},
     {NULL, NULL, NULL, 0}, /* end */
 };
 

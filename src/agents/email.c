@@ -89,7 +89,11 @@ static void email_text(const event *ev, char **subject, char **body)
     char *t = mail_sanitize_line(title ? title : "");
     char *b = NULL;
     size_t n = 0;
-    add_line(&b, &n, "Hello ", owner);
+    char *greeting = NULL;
+    if (asprintf(&greeting, "%s,", owner ? owner : "") < 0)
+        abort();
+    add_line(&b, &n, "Hello ", greeting);
+    free(greeting);
     add_line(&b, &n, "", "");
     if (strcmp(ev->event_type, "reminder.due") == 0) {
         if (asprintf(subject, "Reminder: %s", t) < 0)
@@ -206,8 +210,7 @@ static agent_outcome email_handle(void *state, agent_ctx *ctx, const event *ev, 
             snprintf(reply, sizeof(reply), "eml:%.*s", MAIL_REPLY_MAX - 4, path);
     }
     free(data);
-    if (out != AGENT_OK) {
-        LOG_WARN_CID(cid, "email to %s not delivered: %s", to, reason);
+    if (out != AGENT_OK) { /* the runtime logs the reason */
         free(subject);
         return out;
     }

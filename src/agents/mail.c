@@ -17,7 +17,9 @@
  * the dot-stuffing of the data: lines starting with "." are doubled by
  * libcurl itself, so this file must not do it). The server's reply text is
  * not part of libcurl's info API, so the client keeps the last reply line
- * seen by a debug callback (CURLINFO_HEADER_IN: the lines the server sent).
+ * seen by a debug callback (CURLINFO_HEADER_IN: the lines the server sent),
+ * and the last 4xx/5xx line apart (after a refusal libcurl may still say
+ * QUIT, and "221 Bye" must not hide the reason).
  * The code from CURLINFO_RESPONSE_CODE decides: 5xx is permanent, anything
  * else that failed (4xx, no reply, a timeout) is temporary.
  *
@@ -517,7 +519,9 @@ struct mail_smtp {
     CURL *curl;
     const char *data; /* the mail being sent */
     size_t len, pos;
-    char reply[MAIL_REPLY_MAX]; /* the server's last reply line */
+    char reply[MAIL_REPLY_MAX];   /* the server's last reply line */
+    char refusal[MAIL_REPLY_MAX]; /* its last 4xx/5xx line: a failed exchange
+                                     often ends with QUIT's "221" after it */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -553,6 +557,8 @@ static int smtp_debug(CURL *h, curl_infotype type, char *data, size_t size, void
         s->reply[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
     }
     s->reply[n] = '\0';
+    if (s->reply[0] == '4' || s->reply[0] == '5')
+        memcpy(s->refusal, s->reply, n + 1);
     return 0;
 }
 
@@ -626,6 +632,7 @@ mail_result mail_smtp_send(mail_smtp *s, const char *from, const char *to, const
     s->len = len;
     s->pos = 0;
     s->reply[0] = '\0';
+    s->refusal[0] = '\0';
     s->errbuf[0] = '\0';
     CURL *c = s->curl;
     CURLcode rc = curl_easy_setopt(c, CURLOPT_MAIL_FROM, from);
@@ -646,14 +653,16 @@ mail_result mail_smtp_send(mail_smtp *s, const char *from, const char *to, const
     if (rc == CURLE_OK)
         return MAIL_SENT;
     const char *detail = s->errbuf[0] ? s->errbuf : curl_easy_strerror(rc);
+    char digits[8];
+    snprintf(digits, sizeof(digits), "%ld", code);
+    if (strncmp(s->refusal, digits, 3) == 0)
+        detail = s->refusal;
     if (code >= 500 && code <= 599) {
-        util_error(err, errlen, "SMTP server refused the mail with %ld: %s", code,
-                   s->reply[0] ? s->reply : detail);
+        util_error(err, errlen, "SMTP server refused the mail with %ld: %s", code, detail);
         return MAIL_PERMANENT;
     }
     if (code >= 400 && code <= 499) {
-        util_error(err, errlen, "SMTP server deferred the mail with %ld: %s", code,
-                   s->reply[0] ? s->reply : detail);
+        util_error(err, errlen, "SMTP server deferred the mail with %ld: %s", code, detail);
         return MAIL_TEMPORARY;
     }
     util_error(err, errlen, "cannot send mail over SMTP: %s", detail);
