@@ -14,9 +14,13 @@
  * input's commit.
  *
  * Outcomes: SMTP 4xx, connection errors, timeouts and file errors retry;
- * SMTP 5xx and bad input data fail to the DLQ. Batches are small
- * (EMAIL_MAX_BATCH) because a mail cannot be taken back: after a crash at
- * most the uncommitted part of one batch is sent again.
+ * SMTP 5xx and bad input data fail to the DLQ. SMTP batches are small
+ * (EMAIL_SMTP_BATCH) because a mail cannot be taken back: after a crash at
+ * most the uncommitted part of one batch is sent again. .eml files are
+ * written as each event is handled and made durable together in the
+ * before_commit hook (one fsync of the directory per batch), so they are
+ * on disk before email.delivered is; a crash before the commit only
+ * rewrites the same files, so .eml batches can be large (EMAIL_EML_BATCH).
  *
  * Threads: the runtime calls the handler from one thread; the state (and
  * its SMTP connection) belongs to that thread. Ownership: the state is
@@ -33,15 +37,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define EMAIL_MAX_BATCH 32
-/* Longest text of one mail body line built from a field. */
-#define EMAIL_FIELD_MAX 1024
+#define EMAIL_SMTP_BATCH 32
+#define EMAIL_EML_BATCH 256
 
 typedef struct email_state {
-    char *from;      /* HERALD_SMTP_FROM, checked */
-    char *domain;    /* HERALD_EMAIL_DOMAIN, checked */
-    char *mail_dir;  /* DATA_DIR/mail (.eml mode), else NULL */
-    mail_smtp *smtp; /* SMTP mode, else NULL */
+    char *from;        /* HERALD_SMTP_FROM, checked */
+    char *domain;      /* HERALD_EMAIL_DOMAIN, checked */
+    mail_spool *spool; /* DATA_DIR/mail (.eml mode), else NULL */
+    mail_smtp *smtp;   /* SMTP mode, else NULL */
 } email_state;
 
 static const char *const email_topics[] = {"task-events", "reminder-events"};
@@ -55,8 +58,15 @@ static void email_destroy(void *state)
     mail_smtp_close(st->smtp);
     free(st->from);
     free(st->domain);
-    free(st->mail_dir);
+    mail_spool_close(st->spool);
     free(st);
+}
+
+/* .eml mode: the files of the batch reach the disk before its commit. */
+static int email_before_commit(void *state, char *err, size_t errlen)
+{
+    email_state *st = state;
+    return st->spool ? mail_spool_sync(st->spool, err, errlen) : 0;
 }
 
 static const char *data_string(const json_t *data, const char *key)
@@ -64,7 +74,7 @@ static const char *data_string(const json_t *data, const char *key)
     return json_string_value(json_object_get(data, key));
 }
 
-/* Append "label: value" (value made one line) and a newline to buf. */
+/* Append label, value (made one line) and a newline to buf[*len]. */
 static void add_line(char **buf, size_t *len, const char *label, const char *value)
 {
     char *v = mail_sanitize_line(value);
@@ -79,7 +89,8 @@ static void add_line(char **buf, size_t *len, const char *label, const char *val
     free(line);
 }
 
-/* The subject and body of the mail for ev; NULL subject: not our type. */
+/* The subject and body of the mail for ev (reminder.due or task.created);
+ * both malloc'd, one-line fields sanitized. */
 static void email_text(const event *ev, char **subject, char **body)
 {
     const json_t *d = ev->data;
@@ -203,8 +214,8 @@ static agent_outcome email_handle(void *state, agent_ctx *ctx, const event *ev, 
             util_strlcpy(reply, "250", sizeof(reply));
     } else {
         char path[4200];
-        if (mail_write_eml(st->mail_dir, ev->event_id, data, len, path, sizeof(path), reason,
-                           reasonlen) != 0)
+        if (mail_spool_write(st->spool, ev->event_id, data, len, path, sizeof(path), reason,
+                             reasonlen) != 0)
             out = AGENT_RETRY;
         else
             snprintf(reply, sizeof(reply), "eml:%.*s", MAIL_REPLY_MAX - 4, path);
@@ -260,8 +271,15 @@ int agent_email_def(agent_def *def, const agent_settings *s, char *err, size_t e
         }
     } else {
         const char *dir = s->data_dir ? s->data_dir : "herald-data";
-        if (asprintf(&st->mail_dir, "%s/mail", dir) < 0)
+        char *mail_dir = NULL;
+        if (asprintf(&mail_dir, "%s/mail", dir) < 0)
             abort();
+        st->spool = mail_spool_open(mail_dir, why, sizeof(why));
+        free(mail_dir);
+        if (!st->spool) {
+            email_destroy(st);
+            return util_error(err, errlen, "email: %s", why);
+        }
     }
 
     agent_def d = AGENT_DEF_INIT;
@@ -271,8 +289,9 @@ int agent_email_def(agent_def *def, const agent_settings *s, char *err, size_t e
     d.topic_count = UTIL_ARRAY_LEN(email_topics);
     d.types = email_types;
     d.type_count = UTIL_ARRAY_LEN(email_types);
-    d.max_batch = EMAIL_MAX_BATCH;
+    d.max_batch = st->smtp ? EMAIL_SMTP_BATCH : EMAIL_EML_BATCH;
     d.handle = email_handle;
+    d.before_commit = email_before_commit;
     d.destroy = email_destroy;
     d.state = st;
     *def = d;

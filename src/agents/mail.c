@@ -680,7 +680,35 @@ void mail_smtp_close(mail_smtp *s)
     free(s);
 }
 
-/* ---- .eml files ------------------------------------------------------- */
+/* ---- .eml spool ------------------------------------------------------- */
+
+/* Files written and not yet synced above this many are synced at once
+ * (bounds the open descriptors). */
+#define SPOOL_PENDING_MAX 1024
+
+struct mail_spool {
+    char *dir;
+    int dirfd;
+    int *pending; /* descriptors of files written since the last sync */
+    size_t npending, cap;
+};
+
+mail_spool *mail_spool_open(const char *dir, char *err, size_t errlen)
+{
+    if (util_mkdir_p(dir) != 0) {
+        util_error(err, errlen, "cannot create mail directory '%s': %s", dir, strerror(errno));
+        return NULL;
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        util_error(err, errlen, "cannot open mail directory '%s': %s", dir, strerror(errno));
+        return NULL;
+    }
+    mail_spool *sp = xcalloc(1, sizeof(*sp));
+    sp->dir = xstrdup(dir);
+    sp->dirfd = fd;
+    return sp;
+}
 
 static int write_all(int fd, const char *data, size_t len)
 {
@@ -697,45 +725,65 @@ static int write_all(int fd, const char *data, size_t len)
     return 0;
 }
 
-int mail_write_eml(const char *dir, const char *name, const char *data, size_t len, char *path,
-                   size_t pathlen, char *err, size_t errlen)
+int mail_spool_write(mail_spool *sp, const char *name, const char *data, size_t len, char *path,
+                     size_t pathlen, char *err, size_t errlen)
 {
     size_t nl = strlen(name);
     if (nl == 0 || nl > 128 || name[0] == '.' ||
-        strspn(name, "abcdefghijklmnopqrstuvwxyz"
-                     "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                     "0123456789._-") != nl)
+        strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != nl)
         return util_error(err, errlen, "bad mail file name '%.128s'", name);
-    if (util_mkdir_p(dir) != 0)
-        return util_error(err, errlen, "cannot create mail directory '%s': %s", dir,
-                          strerror(errno));
-    char tmp[4096];
-    int a = snprintf(path, pathlen, "%s/%s.eml", dir, name);
-    int b = snprintf(tmp, sizeof(tmp), "%s/.%s.eml.%ld.tmp", dir, name, (long)getpid());
-    if (a < 0 || (size_t)a >= pathlen || b < 0 || (size_t)b >= sizeof(tmp))
-        return util_error(err, errlen, "mail directory path too long: '%s'", dir);
+    if (sp->npending >= SPOOL_PENDING_MAX && mail_spool_sync(sp, err, errlen) != 0)
+        return -1;
+    char file[160], tmp[192];
+    snprintf(file, sizeof(file), "%s.eml", name);
+    snprintf(tmp, sizeof(tmp), ".%s.eml.%ld.tmp", name, (long)getpid());
+    int a = snprintf(path, pathlen, "%s/%s", sp->dir, file);
+    if (a < 0 || (size_t)a >= pathlen)
+        return util_error(err, errlen, "mail file path too long in '%s'", sp->dir);
 
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    int fd = openat(sp->dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (fd < 0)
-        return util_error(err, errlen, "cannot create '%s': %s", tmp, strerror(errno));
-    if (write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+        return util_error(err, errlen, "cannot create '%s/%s': %s", sp->dir, tmp, strerror(errno));
+    if (write_all(fd, data, len) != 0 || renameat(sp->dirfd, tmp, sp->dirfd, file) != 0) {
         int e = errno;
         close(fd);
-        unlink(tmp);
-        return util_error(err, errlen, "cannot write '%s': %s", tmp, strerror(e));
-    }
-    if (close(fd) != 0 || rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
+        unlinkat(sp->dirfd, tmp, 0);
         return util_error(err, errlen, "cannot write '%s': %s", path, strerror(e));
     }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) != 0) {
-        int e = errno;
-        if (dfd >= 0)
-            close(dfd);
-        return util_error(err, errlen, "cannot sync mail directory '%s': %s", dir, strerror(e));
+    if (sp->npending == sp->cap) {
+        sp->cap = sp->cap ? sp->cap * 2 : 64;
+        sp->pending = xrealloc(sp->pending, sp->cap * sizeof(*sp->pending));
     }
-    close(dfd);
+    sp->pending[sp->npending++] = fd;
     return 0;
+}
+
+int mail_spool_sync(mail_spool *sp, char *err, size_t errlen)
+{
+    int rc = 0, e = 0;
+    if (sp->npending == 0)
+        return 0;
+    for (size_t i = 0; i < sp->npending; i++) {
+        if (fsync(sp->pending[i]) != 0 && rc == 0)
+            rc = -1, e = errno;
+        close(sp->pending[i]);
+    }
+    sp->npending = 0;
+    if (rc == 0 && fsync(sp->dirfd) != 0)
+        rc = -1, e = errno;
+    if (rc != 0)
+        util_error(err, errlen, "cannot sync mail files in '%s': %s", sp->dir, strerror(e));
+    return rc;
+}
+
+void mail_spool_close(mail_spool *sp)
+{
+    if (!sp)
+        return;
+    for (size_t i = 0; i < sp->npending; i++)
+        close(sp->pending[i]);
+    free(sp->pending);
+    close(sp->dirfd);
+    free(sp->dir);
+    free(sp);
 }

@@ -150,13 +150,37 @@ mail_result mail_smtp_send(mail_smtp *s, const char *from, const char *to, const
 void mail_smtp_close(mail_smtp *s);
 
 /*
- * Write data as dir/<name>.eml durably: a temporary file in dir, fsync,
- * rename over any earlier file of that name (so writing the same mail twice
- * leaves one file), fsync of dir. dir is created if missing. name is
- * 1..128 of [A-Za-z0-9._-] and does not start with '.'. path[pathlen]
- * receives the final path. Returns 0, or -1 with err filled.
+ * A mail spool: a directory of .eml files, written one by one and made
+ * durable in groups. mail_spool_write() puts dir/<name>.eml in place at
+ * once (a temporary file renamed over any earlier file of that name, so
+ * writing the same mail twice leaves one file, and a reader never sees a
+ * half-written one); mail_spool_sync() then fsyncs every file written since
+ * the last sync and the directory, once. A caller that reports a mail as
+ * written only after the sync (the email agent: in the runtime's
+ * before_commit hook) pays one directory fsync per batch, not per mail.
+ * One thread at a time.
  */
-int mail_write_eml(const char *dir, const char *name, const char *data, size_t len, char *path,
-                   size_t pathlen, char *err, size_t errlen);
+typedef struct mail_spool mail_spool;
+
+/* Open (creating it and its parents if missing) the spool directory dir.
+ * Returns NULL with err filled on failure. */
+mail_spool *mail_spool_open(const char *dir, char *err, size_t errlen);
+
+/*
+ * Write data (len bytes) as <dir>/<name>.eml; name is 1..128 of
+ * [A-Za-z0-9._-] and does not start with '.'. path[pathlen] receives the
+ * file's path. Durable after the next mail_spool_sync(). Returns 0, or -1
+ * with err filled (no file of that name was changed).
+ */
+int mail_spool_write(mail_spool *sp, const char *name, const char *data, size_t len, char *path,
+                     size_t pathlen, char *err, size_t errlen);
+
+/* Make every file written since the last sync durable (fsync of each, then
+ * of the directory). Returns 0, or -1 with err filled (then call it again
+ * or write the files again: nothing is known to be durable). */
+int mail_spool_sync(mail_spool *sp, char *err, size_t errlen);
+
+/* Sync nothing more; close the files and free. NULL is a no-op. */
+void mail_spool_close(mail_spool *sp);
 
 #endif

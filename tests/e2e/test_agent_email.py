@@ -7,10 +7,10 @@ parses them; a title carrying CR/LF and "Bcc:" adds no header and no
 recipient; an owner_id that is not a mail local part goes to the DLQ and no
 mail is sent; a non-ASCII subject (RFC 2047) decodes back; the chain
 task.created -> notification.sent -> email.delivered with one correlation
-id; 451 (RCPT or DATA) and a refused connection are retried, 550 goes to
-task-events.dlq and `herald dlq replay` re-drives it; AUTH with
-HERALD_SMTP_USER/PASSWORD; dot-stuffing done once (by libcurl); reminder.due
-mails; .eml files that parse."""
+id; 451 (RCPT or DATA), a refused connection and a silent server (the call
+timeout) are retried, 550 goes to task-events.dlq and `herald dlq replay`
+re-drives it; AUTH with HERALD_SMTP_USER/PASSWORD; dot-stuffing done once
+(by libcurl); reminder.due mails; .eml files that parse."""
 
 import email
 import email.policy
@@ -286,6 +286,26 @@ def test_unreachable_server_is_retried_then_dead_lettered(herald, publish, procs
     assert entries[0]["attempts"] == 3
     assert "gave up after 3 attempts" in entries[0]["reason"]
     assert "cannot send mail over SMTP" in entries[0]["reason"]
+
+
+def test_silent_server_times_out_and_is_retried(herald, publish, procs):
+    # a listening socket that never accepts: the kernel completes the TCP
+    # handshake, no greeting ever comes, HERALD_CALL_TIMEOUT ends each try
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        ev = publish("task.created", task_data())
+        env = agent_env(HERALD_SMTP_URL=f"smtp://127.0.0.1:{port}", HERALD_RETRY_ATTEMPTS="2",
+                        HERALD_CALL_TIMEOUT="300ms")
+        agent = start_agent(procs, env)
+        entries = wait_for(lambda: dlq_list(herald), "a dead letter")
+    assert entries[0]["event_id"] == ev["event_id"]
+    assert entries[0]["attempts"] == 2
+    assert "cannot send mail over SMTP" in entries[0]["reason"]
+    assert "timed out" in entries[0]["reason"].lower() or "timeout" in entries[0]["reason"].lower()
+    wait_log(agent, r"attempt 1/2 failed: cannot send mail over SMTP")
+    assert agent.poll() is None  # a timeout is not fatal to the agent
 
 
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")

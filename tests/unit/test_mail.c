@@ -587,37 +587,61 @@ static size_t count_entries(const char *dir)
     return n;
 }
 
-static void test_write_eml(void **state)
+static void test_spool(void **state)
 {
     (void)state;
     char base[] = "/tmp/herald-test-mail-XXXXXX";
     assert_non_null(mkdtemp(base));
     char dir[256], path[512], err[256];
     snprintf(dir, sizeof(dir), "%s/data/mail", base);
+    mail_spool *sp = mail_spool_open(dir, err, sizeof(err)); /* creates the directories */
+    assert_non_null(sp);
     const char *id = "0194697e-1f38-7cc1-9a3b-1c2d3e4f5a6b";
-    assert_int_equal(mail_write_eml(dir, id, "first\r\n", 7, path, sizeof(path), err, sizeof(err)),
+    assert_int_equal(mail_spool_write(sp, id, "first\r\n", 7, path, sizeof(path), err, sizeof(err)),
                      0);
     char want[512];
     snprintf(want, sizeof(want), "%s/%s.eml", dir, id);
     assert_string_equal(path, want);
-    char *got = read_file(path);
+    char *got = read_file(path); /* in place at once, durable after the sync */
     assert_string_equal(got, "first\r\n");
     free(got);
+    assert_int_equal(mail_spool_sync(sp, err, sizeof(err)), 0);
+    assert_int_equal(mail_spool_sync(sp, err, sizeof(err)), 0); /* nothing pending */
+
     /* the same name again replaces the file; no temporary file stays */
-    assert_int_equal(mail_write_eml(dir, id, "second\r\n", 8, path, sizeof(path), err, sizeof(err)),
-                     0);
-    got = read_file(path);
+    assert_int_equal(
+        mail_spool_write(sp, id, "second\r\n", 8, path, sizeof(path), err, sizeof(err)), 0);
+    assert_int_equal(
+        mail_spool_write(sp, "other", "3\r\n", 3, path, sizeof(path), err, sizeof(err)), 0);
+    assert_int_equal(mail_spool_sync(sp, err, sizeof(err)), 0);
+    got = read_file(want);
     assert_string_equal(got, "second\r\n");
     free(got);
-    assert_int_equal(count_entries(dir), 1);
+    assert_int_equal(count_entries(dir), 2);
 
     const char *bad[] = {"", "../x", "a/b", ".hidden", "a b", "a\nb"};
-    for (size_t i = 0; i < UTIL_ARRAY_LEN(bad); i++)
-        assert_int_equal(mail_write_eml(dir, bad[i], "x", 1, path, sizeof(path), err, sizeof(err)),
+    for (size_t i = 0; i < UTIL_ARRAY_LEN(bad); i++) {
+        assert_int_equal(mail_spool_write(sp, bad[i], "x", 1, path, sizeof(path), err, sizeof(err)),
                          -1);
-    assert_int_equal(count_entries(dir), 1);
+        assert_contains(err, "bad mail file name");
+    }
+    assert_int_equal(count_entries(dir), 2);
+    /* a file left unsynced is only closed */
+    assert_int_equal(mail_spool_write(sp, "last", "x", 1, path, sizeof(path), err, sizeof(err)), 0);
+    mail_spool_close(sp);
+    mail_spool_close(NULL);
+    assert_int_equal(count_entries(dir), 3);
 
-    unlink(want);
+    /* a directory that cannot be created */
+    snprintf(path, sizeof(path), "%s/%s.eml/sub", dir, id);
+    assert_null(mail_spool_open(path, err, sizeof(err)));
+    assert_contains(err, "cannot create mail directory");
+
+    const char *names[] = {id, "other", "last"};
+    for (size_t i = 0; i < UTIL_ARRAY_LEN(names); i++) {
+        snprintf(path, sizeof(path), "%s/%s.eml", dir, names[i]);
+        unlink(path);
+    }
     rmdir(dir);
     snprintf(dir, sizeof(dir), "%s/data", base);
     rmdir(dir);
@@ -660,7 +684,7 @@ int main(void)
         cmocka_unit_test(test_header_injection),
         cmocka_unit_test(test_body_quoted_printable),
         cmocka_unit_test(test_body_line_ends),
-        cmocka_unit_test(test_write_eml),
+        cmocka_unit_test(test_spool),
         cmocka_unit_test(test_smtp_open_checks_url),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
