@@ -31,9 +31,11 @@
 #include "common/util.h"
 
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -693,6 +695,35 @@ struct mail_spool {
     size_t npending, cap;
 };
 
+/* Remove the temporary files of writers that died between creating and
+ * renaming one (".<name>.eml.<pid>.tmp" whose pid is not running). */
+static void spool_remove_stale(int dirfd)
+{
+    int fd = dup(dirfd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        size_t len = strlen(n);
+        if (n[0] != '.' || len < 10 || strcmp(n + len - 4, ".tmp") != 0)
+            continue;
+        const char *p = n + len - 4;
+        while (p > n && p[-1] >= '0' && p[-1] <= '9')
+            p--;
+        if (p == n + len - 4 || p - n < 5 || strncmp(p - 5, ".eml.", 5) != 0)
+            continue;
+        long pid = strtol(p, NULL, 10);
+        if (pid > 0 && pid != (long)getpid() && kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+            unlinkat(dirfd, n, 0);
+    }
+    closedir(d);
+}
+
 mail_spool *mail_spool_open(const char *dir, char *err, size_t errlen)
 {
     if (util_mkdir_p(dir) != 0) {
@@ -704,6 +735,7 @@ mail_spool *mail_spool_open(const char *dir, char *err, size_t errlen)
         util_error(err, errlen, "cannot open mail directory '%s': %s", dir, strerror(errno));
         return NULL;
     }
+    spool_remove_stale(fd);
     mail_spool *sp = xcalloc(1, sizeof(*sp));
     sp->dir = xstrdup(dir);
     sp->dirfd = fd;

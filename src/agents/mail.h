@@ -162,7 +162,8 @@ void mail_smtp_close(mail_smtp *s);
  */
 typedef struct mail_spool mail_spool;
 
-/* Open (creating it and its parents if missing) the spool directory dir.
+/* Open (creating it and its parents if missing) the spool directory dir,
+ * removing the temporary files of writers that died before their rename.
  * Returns NULL with err filled on failure. */
 mail_spool *mail_spool_open(const char *dir, char *err, size_t errlen);
 

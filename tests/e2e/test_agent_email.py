@@ -10,7 +10,8 @@ task.created -> notification.sent -> email.delivered with one correlation
 id; 451 (RCPT or DATA), a refused connection and a silent server (the call
 timeout) are retried, 550 goes to task-events.dlq and `herald dlq replay`
 re-drives it; AUTH with HERALD_SMTP_USER/PASSWORD; dot-stuffing done once
-(by libcurl); reminder.due mails; .eml files that parse."""
+(by libcurl); reminder.due mails; .eml files that parse; a kill -9 in the
+middle of an .eml batch, then a restart: one file and one delivery per task."""
 
 import email
 import email.policy
@@ -391,6 +392,34 @@ def test_eml_mode_writes_a_parseable_file(herald, publish, procs):
     # one file, no temporary leftovers
     assert [p.name for p in path.parent.iterdir()] == [path.name]
     wait_log(agent, r"Sending email to user-456@company\.com: New task assigned: Caf\u00e9")
+
+
+def test_kill_9_mid_batch_then_restart_one_file_and_one_delivery_per_task(herald, procs):
+    n = 300
+    ids = []
+    for i in range(n):
+        r = herald("publish", "task.created", "--data", json.dumps(task_data(task_id=f"t-{i}")))
+        assert r.returncode == 0, r.stderr
+        ids.append(json.loads(r.stdout)["event_id"])
+    mail_dir = Path(herald.data_dir) / "mail"
+    first = start_agent(procs, agent_env())
+    wait_for(lambda: mail_dir.exists() and any(mail_dir.glob("*.eml")), "the first .eml",
+             timeout=CMD_TIMEOUT)
+    first.kill9()
+    start_agent(procs, agent_env())
+    wait_for(lambda: len(events_of(herald.data_dir, "email.delivered")) >= n,
+             f"{n} email.delivered")
+    time.sleep(0.5)
+    assert sorted(p.name for p in mail_dir.iterdir()) == sorted(f"{i}.eml" for i in ids)
+    sent = events_of(herald.data_dir, "notification.sent")
+    delivered = events_of(herald.data_dir, "email.delivered")
+    assert sorted(e["metadata"]["causation_id"] for e in sent) == sorted(ids)
+    assert sorted(e["metadata"]["causation_id"] for e in delivered) == \
+        sorted(e["event_id"] for e in sent)
+    for i in ids[:: n // 10]:
+        m = email.message_from_bytes((mail_dir / f"{i}.eml").read_bytes(),
+                                     policy=email.policy.default)
+        assert m["Message-ID"] == f"<{i}@herald>"
 
 
 def test_bad_smtp_url_is_refused_at_start(herald):

@@ -632,6 +632,28 @@ static void test_spool(void **state)
     mail_spool_close(NULL);
     assert_int_equal(count_entries(dir), 3);
 
+    /* opening removes the temporary files of dead writers only */
+    const char *temps[] = {".dead.eml.2147483646.tmp", ".alive.eml.%ld.tmp", ".other.tmp"};
+    for (size_t i = 0; i < UTIL_ARRAY_LEN(temps); i++) {
+        char name[64];
+        snprintf(name, sizeof(name), temps[i], (long)getppid());
+        snprintf(path, sizeof(path), "%s/%s", dir, name);
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fclose(f);
+    }
+    assert_int_equal(count_entries(dir), 6);
+    sp = mail_spool_open(dir, err, sizeof(err));
+    assert_non_null(sp);
+    mail_spool_close(sp);
+    assert_int_equal(count_entries(dir), 5);
+    snprintf(path, sizeof(path), "%s/.dead.eml.2147483646.tmp", dir);
+    assert_int_equal(access(path, F_OK), -1);
+    snprintf(path, sizeof(path), "%s/.alive.eml.%ld.tmp", dir, (long)getppid());
+    assert_int_equal(unlink(path), 0);
+    snprintf(path, sizeof(path), "%s/.other.tmp", dir);
+    assert_int_equal(unlink(path), 0);
+
     /* a directory that cannot be created */
     snprintf(path, sizeof(path), "%s/%s.eml/sub", dir, id);
     assert_null(mail_spool_open(path, err, sizeof(err)));
