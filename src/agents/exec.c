@@ -328,12 +328,9 @@ static agent_outcome exec_handle(void *state, agent_ctx *ctx, const event *ev, c
     agent_outcome outcome = exec_run(st, env, m->value, m->value_len, reason, reasonlen);
     long long ms = (long long)((util_monotonic_ns() - started) / 1000000);
     exec_env_free(env, added, total);
-    if (outcome == AGENT_OK)
+    if (outcome == AGENT_OK) /* failures are logged by the runtime, with the reason */
         LOG_INFO_CID(ev->correlation_id, "Exec [%s]: %s %s [%s] done in %lld ms", st->group,
                      st->argv[0], ev->event_type, ev->event_id, ms);
-    else
-        LOG_WARN_CID(ev->correlation_id, "Exec [%s]: %s %s [%s] attempt %d: %s", st->group,
-                     st->argv[0], ev->event_type, ev->event_id, agent_ctx_attempt(ctx), reason);
     return outcome;
 }
 
