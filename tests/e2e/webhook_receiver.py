@@ -6,6 +6,7 @@ answering from a script.
         hook.answer(503, times=2)                 # the next 2 requests get 503
         hook.answer(429, headers={"Retry-After": "1"})
         hook.answer(400, body="invalid_payload")  # then one 400
+        hook.answer(200, delay=3.0)               # then a 200 after 3 s
         ...                                       # afterwards: 200 "ok"
         reqs = hook.wait_for(4)                   # list of Request
 
@@ -39,6 +40,7 @@ class _Answer:
     status: int
     headers: dict = field(default_factory=dict)
     body: bytes = b""
+    delay: float = 0.0
 
 
 class WebhookReceiver:
@@ -75,12 +77,13 @@ class WebhookReceiver:
     def url(self, path="/hook"):
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def answer(self, status, times=1, headers=None, body=""):
-        """Queue `times` answers with this status (after those queued before)."""
+    def answer(self, status, times=1, headers=None, body="", delay=0.0):
+        """Queue `times` answers with this status (after those queued
+        before), each sent `delay` seconds after the request arrived."""
         data = body.encode() if isinstance(body, str) else body
         with self._lock:
             for _ in range(times):
-                self._script.append(_Answer(status, dict(headers or {}), data))
+                self._script.append(_Answer(status, dict(headers or {}), data, delay))
 
     @property
     def requests(self):
@@ -125,10 +128,15 @@ class WebhookReceiver:
                           ans.status)
             self._requests.append(req)
             self._lock.notify_all()
-        h.send_response(ans.status)
-        for k, v in ans.headers.items():
-            h.send_header(k, v)
-        h.send_header("Content-Type", "text/plain")
-        h.send_header("Content-Length", str(len(ans.body)))
-        h.end_headers()
-        h.wfile.write(ans.body)
+        if ans.delay:
+            time.sleep(ans.delay)
+        try:
+            h.send_response(ans.status)
+            for k, v in ans.headers.items():
+                h.send_header(k, v)
+            h.send_header("Content-Type", "text/plain")
+            h.send_header("Content-Length", str(len(ans.body)))
+            h.end_headers()
+            h.wfile.write(ans.body)
+        except OSError:
+            h.close_connection = True  # the client gave up waiting
