@@ -254,6 +254,8 @@ static agent_outcome exec_run(const exec_state *st, char **env, const char *inpu
         int64_t wait_ms = (left_ns + 999999) / 1000000;
         if (pidfd < 0 && wait_ms > EXEC_POLL_MS)
             wait_ms = EXEC_POLL_MS;
+        if (wait_ms > 3600 * 1000) /* poll() takes an int */
+            wait_ms = 3600 * 1000;
         struct pollfd fds[2];
         nfds_t n = 0;
         if (wfd >= 0)
