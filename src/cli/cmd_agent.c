@@ -46,8 +46,11 @@ static void print_usage(void)
         printf("  %-10s %s\n", reg[i].name, reg[i].summary);
     printf("\n"
            "exec runs COMMAND once per matching event, with the event JSON on stdin and\n"
-           "HERALD_EVENT_TYPE, HERALD_EVENT_ID, HERALD_CORRELATION_ID in its environment:\n"
-           "exit 0 = done, 75 = try again later, anything else = dead letter.\n"
+           "HERALD_EVENT_TYPE, HERALD_EVENT_ID, HERALD_CORRELATION_ID, HERALD_CAUSATION_ID,\n"
+           "HERALD_EVENT_SOURCE, HERALD_TASK_ID (when the event has one) and HERALD_ATTEMPT\n"
+           "in its environment; its output goes to herald's stderr. Exit 0 = done,\n"
+           "75 = try again later (with backoff), anything else or a signal = dead letter;\n"
+           "a run over --call-timeout is killed (its process group) and retried.\n"
            "  --group G        consumer group of this channel (required)\n"
            "  --types T1,T2    event types to run it for (required)\n"
            "\n"
