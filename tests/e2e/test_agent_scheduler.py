@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 
 from api_helpers import start_api, tail_events, wait_log
 from helpers import CMD_TIMEOUT
+from smtp_server import SmtpServer
 
 # Generous: an ASan build on a loaded machine.
 WAIT = CMD_TIMEOUT
@@ -356,3 +357,45 @@ def test_bad_data_goes_to_the_dlq_and_the_agent_goes_on(procs, data_dir, herald)
     assert {d["topic"] for d in letters} == {"task-events"}
     assert [e["data"]["task_id"] for e in reminders(data_dir)] == ["good", "good"]
     assert sched.poll() == 0
+
+
+def test_herald_up_mails_the_reminder_with_one_correlation(procs, data_dir):
+    """The whole chain under `herald up`: the API's task.created, the
+    scheduler's reminder.scheduled and reminder.due, the email agent's
+    reminder mail (real SMTP server), notification.sent and email.delivered,
+    all with the request's correlation id."""
+    with SmtpServer() as smtp:
+        env = {"HERALD_SMTP_URL": smtp.url, "HERALD_EMAIL_DOMAIN": "example.test",
+               "HERALD_SMTP_FROM": "herald@example.test"}
+        api = start_api(procs, data_dir, cmd="up", env=env)
+        due = ahead(2)
+        task_id = api.create("Renew the certificate", "grace", due_at=iso(due),
+                             headers={"X-Correlation-ID": "req-up-remind"}).json["id"]
+        [fired] = wait_reminder(data_dir, task_id, "reminder.due")
+        mails = smtp.wait_messages(2)
+        by_subject = {m.message["Subject"]: m for m in mails}
+        assert set(by_subject) == {"New task assigned: Renew the certificate",
+                                   "Reminder: Renew the certificate"}, by_subject
+        reminder = by_subject["Reminder: Renew the certificate"]
+        assert reminder.rcpt_tos == ["grace@example.test"]
+        body = reminder.message.get_content()
+        assert f"Task ID: {task_id}" in body
+        assert iso(due) in body
+        assert "Correlation: req-up-remind" in body
+
+        deadline = time.monotonic() + WAIT
+        while True:
+            chain = [e for e in tail_events(data_dir)
+                     if e["metadata"]["correlation_id"] == "req-up-remind"]
+            sent = [e for e in chain if e["event_type"] == "notification.sent"
+                    and e["data"].get("event_type") == "reminder.due"]
+            delivered = [e for e in chain if e["event_type"] == "email.delivered"
+                         and sent and e["metadata"]["causation_id"] == sent[0]["event_id"]]
+            if sent and delivered:
+                break
+            assert time.monotonic() < deadline, chain
+            time.sleep(0.1)
+        assert sent[0]["metadata"]["causation_id"] == fired["event_id"]
+        assert sent[0]["data"]["recipient"] == "grace@example.test"
+        assert len(delivered) == 1
+        assert len(reminders(data_dir, task_id, "reminder.due")) == 1
