@@ -97,8 +97,10 @@ struct agent_runtime {
     /* event ids handled in this batch: open addressing over rt->processed */
     size_t *batch_ids;
     size_t batch_ids_cap;
-    size_t *deferred; /* indexes of in_transaction records */
+    size_t *deferred;       /* indexes of in_transaction records ... */
+    event *deferred_events; /* ... and their decoded events */
     size_t deferred_count;
+    int full_batches_without_timers; /* see fire_timers() */
 
     atomic_int stopping;
     int stop_fd;
@@ -412,6 +414,7 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
         rt->batch_ids_cap *= 2;
     rt->batch_ids = xcalloc(rt->batch_ids_cap, sizeof(*rt->batch_ids));
     rt->deferred = xcalloc(rt->def.max_batch, sizeof(*rt->deferred));
+    rt->deferred_events = xcalloc(rt->def.max_batch, sizeof(*rt->deferred_events));
     return rt;
 fail:
     agent_runtime_close(rt);
@@ -425,6 +428,8 @@ static void clear_batch(agent_runtime *rt)
     record_truncate(&rt->processed, 0);
     if (rt->batch_ids)
         memset(rt->batch_ids, 0, rt->batch_ids_cap * sizeof(*rt->batch_ids));
+    for (size_t i = 0; i < rt->deferred_count; i++)
+        event_release(&rt->deferred_events[i]);
     rt->deferred_count = 0;
 }
 
@@ -438,6 +443,7 @@ void agent_runtime_close(agent_runtime *rt)
     free(rt->processed.items);
     free(rt->batch_ids);
     free(rt->deferred);
+    free(rt->deferred_events);
     sqlite3_finalize(rt->seen);
     sqlite3_finalize(rt->mark);
     sqlite3_finalize(rt->purge);
@@ -618,36 +624,27 @@ static int exec_sql(agent_runtime *rt, const char *sql, char *err, size_t errlen
 }
 
 /* Run one deferred in-transaction handler inside a savepoint. */
-static int run_deferred(agent_runtime *rt, const bus_message *m, char *err, size_t errlen)
+static int run_deferred(agent_runtime *rt, const bus_message *m, const event *ev, char *err,
+                        size_t errlen)
 {
-    event ev = EVENT_INIT;
     char reason[512];
-    if (event_decode(&ev, m->value, m->value_len, reason, sizeof(reason)) != 0)
-        return util_error(err, errlen, "event changed under the runtime: %s", reason);
-    if (batch_seen(rt, ev.event_id, 0, 0)) { /* a second copy in this batch */
-        event_release(&ev);
+    if (batch_seen(rt, ev->event_id, 0, 0)) /* a second copy in this batch */
         return 0;
-    }
-    if (exec_sql(rt, "SAVEPOINT agent_handler", err, errlen) != 0) {
-        event_release(&ev);
+    if (exec_sql(rt, "SAVEPOINT agent_handler", err, errlen) != 0)
         return -1;
-    }
-    agent_ctx ctx = {rt, m, &ev, 1, -1, 1, rt->emits.count};
+    agent_ctx ctx = {rt, m, ev, 1, -1, 1, rt->emits.count};
     reason[0] = '\0';
-    agent_outcome o = rt->def.handle(rt->def.state, &ctx, &ev, reason, sizeof(reason));
-    int rc = 0;
+    agent_outcome o = rt->def.handle(rt->def.state, &ctx, ev, reason, sizeof(reason));
     if (o == AGENT_OK) {
-        mark_processed(rt, ev.event_id);
-        rc = exec_sql(rt, "RELEASE agent_handler", err, errlen);
-    } else {
-        record_truncate(&rt->emits, ctx.emit_mark);
-        rc = exec_sql(rt, "ROLLBACK TO agent_handler", err, errlen);
-        if (rc == 0)
-            rc = exec_sql(rt, "RELEASE agent_handler", err, errlen);
-        dead_letter(rt, m, ev.correlation_id, reason[0] ? reason : "failed", 1);
+        mark_processed(rt, ev->event_id);
+        return exec_sql(rt, "RELEASE agent_handler", err, errlen);
     }
-    event_release(&ev);
-    return rc;
+    record_truncate(&rt->emits, ctx.emit_mark);
+    if (exec_sql(rt, "ROLLBACK TO agent_handler", err, errlen) != 0 ||
+        exec_sql(rt, "RELEASE agent_handler", err, errlen) != 0)
+        return -1;
+    dead_letter(rt, m, ev->correlation_id, reason[0] ? reason : "failed", 1);
+    return 0;
 }
 
 /* The batch transaction: deferred handlers, records, dedup rows, offsets. */
@@ -656,7 +653,7 @@ static int commit_batch(agent_runtime *rt, const bus_message *msgs, char *err, s
     if (bus_log_begin(rt->log, err, errlen) != 0)
         return -1;
     for (size_t i = 0; i < rt->deferred_count; i++)
-        if (run_deferred(rt, &msgs[rt->deferred[i]], err, errlen) != 0)
+        if (run_deferred(rt, &msgs[rt->deferred[i]], &rt->deferred_events[i], err, errlen) != 0)
             goto fail;
     if (append_list(rt, &rt->emits, err, errlen) != 0 ||
         append_list(rt, &rt->dead, err, errlen) != 0)
@@ -685,10 +682,22 @@ fail:
     return -1;
 }
 
-static int fire_timers(agent_runtime *rt, char *err, size_t errlen)
+/*
+ * Fire due timers, but only once the consumer has caught up (the last poll
+ * returned less than a full batch): after downtime, a backlog may hold the
+ * event that cancels a timer that is already due. Under a load that fills
+ * every batch, timers still fire after FULL_BATCHES_BEFORE_TIMERS batches.
+ */
+#define FULL_BATCHES_BEFORE_TIMERS 8
+
+static int fire_timers(agent_runtime *rt, size_t polled, char *err, size_t errlen)
 {
     if (!rt->def.next_timer || !rt->def.fire_timers)
         return 0;
+    if (polled >= rt->def.max_batch &&
+        ++rt->full_batches_without_timers < FULL_BATCHES_BEFORE_TIMERS)
+        return 0;
+    rt->full_batches_without_timers = 0;
     int64_t due = rt->def.next_timer(rt->def.state, rt->db);
     int64_t now = util_now_ms();
     if (due < 0 || due > now)
@@ -760,7 +769,9 @@ int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char 
             LOG_DEBUG_CID(ev.correlation_id, "%s: %s [%s] already handled by group %s, dropped",
                           rt->def.name, ev.event_type, ev.event_id, rt->def.group);
         } else if (rt->def.in_transaction) {
-            rt->deferred[rt->deferred_count++] = done;
+            rt->deferred[rt->deferred_count] = done;
+            rt->deferred_events[rt->deferred_count++] = ev; /* moved: released by clear_batch */
+            continue;
         } else if (handle_with_retries(rt, m, &ev) != 0) {
             stopped = 1;
             done--; /* this record is not settled */
@@ -789,7 +800,7 @@ int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char 
     rt->stats.batches += done > 0;
     pthread_mutex_unlock(&rt->stats_lock);
     clear_batch(rt);
-    return fire_timers(rt, err, errlen);
+    return fire_timers(rt, n, err, errlen);
 }
 
 int agent_runtime_run(agent_runtime *rt)
