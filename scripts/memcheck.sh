@@ -20,9 +20,9 @@ $vg "$build/herald" tail >/dev/null
 $vg "$build/herald" tail --group g --type 'task.*' >/dev/null
 $vg "$build/herald" --help >/dev/null
 
-echo "== valgrind herald api (requests of every kind, then SIGTERM)"
+echo "== valgrind herald up: the API (requests of every kind) and every agent, then SIGTERM"
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-HERALD_LISTEN=127.0.0.1:$port HERALD_LOG_LEVEL=warn $vg "$build/herald" api &
+HERALD_LISTEN=127.0.0.1:$port HERALD_LOG_LEVEL=warn $vg "$build/herald" up &
 pid=$!
 url=http://127.0.0.1:$port
 for i in $(seq 100); do curl -sf "$url/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -41,6 +41,20 @@ curl -s -X POST "$url/tasks" -H "$json" -d '{"title":' >/dev/null
 curl -s -X POST "$url/tasks" -H "$json" -d '{"title":"","priority":9,"x":1}' >/dev/null
 curl -s -X PUT "$url/tasks" >/dev/null
 curl -sf -X DELETE "$url/tasks/$id" >/dev/null
+# let the agents handle it all: the .eml of the task.created mail is the sign
+for i in $(seq 300); do ls "$HERALD_DATA_DIR"/mail/*.eml >/dev/null 2>&1 && break; sleep 0.1; done
+ls "$HERALD_DATA_DIR"/mail/*.eml >/dev/null
+sleep 2
+kill -TERM $pid
+wait $pid
+echo "== valgrind herald dlq, agent exec"
+$vg "$build/herald" dlq list >/dev/null 2>&1
+$vg "$build/herald" dlq replay >/dev/null 2>&1
+$vg "$build/herald" agent --list >/dev/null
+printf '#!/bin/sh\ncat >/dev/null\nexit 3\n' > "$dir/fail.sh"
+HERALD_LOG_LEVEL=warn $vg "$build/herald" agent exec --group memcheck --types task.created -- sh "$dir/fail.sh" 2>/dev/null &
+pid=$!
+for i in $(seq 300); do "$build/herald" dlq list --group memcheck 2>/dev/null | grep -q memcheck && break; sleep 0.1; done
 kill -TERM $pid
 wait $pid
 echo "memcheck: no leaks, no errors"
