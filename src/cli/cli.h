@@ -61,5 +61,7 @@ int cmd_publish(int argc, char **argv, herald_config *cfg);
 int cmd_tail(int argc, char **argv, herald_config *cfg);
 int cmd_api(int argc, char **argv, herald_config *cfg);
 int cmd_up(int argc, char **argv, herald_config *cfg);
+int cmd_agent(int argc, char **argv, herald_config *cfg);
+int cmd_dlq(int argc, char **argv, herald_config *cfg);
 
 #endif

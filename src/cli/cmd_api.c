@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 
 #include "api/server.h"
+#include "cli/agent_runner.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "store/task_store.h"
@@ -42,13 +43,34 @@ static const char *up_usage =
     "usage: herald up [--listen HOST:PORT] [--data-dir DIR]\n"
     "\n"
     "Run the whole system in one process on the embedded event log: the Task API\n"
-    "(see 'herald api --help') and the agents. No agent exists yet, so today this\n"
-    "is the Task API alone.\n"
+    "(see 'herald api --help') and every agent, each on its own thread in its own\n"
+    "consumer group: email, slack, audit and scheduler (see 'herald agent --help').\n"
+    "Stop with SIGINT or SIGTERM: requests in flight finish, then each agent\n"
+    "finishes the event in hand and commits.\n"
     "\n";
 
 static int no_options(void *ctx, const char *name, const char *value, char *err, size_t errlen)
 {
     return 0;
+}
+
+/* Start every agent of the registry that `herald up` runs. */
+static agent_runner *start_agents(const bus_config *bus, const herald_config *cfg, char *err,
+                                  size_t errlen)
+{
+    size_t n, count = 0;
+    const agent_entry *reg = agents_registry(&n);
+    const agent_entry **entries = xcalloc(n ? n : 1, sizeof(*entries));
+    for (size_t i = 0; i < n; i++)
+        if (reg[i].in_up)
+            entries[count++] = &reg[i];
+    agent_settings s;
+    config_agents(cfg, &s);
+    runtime_retry retry;
+    config_retry(cfg, &retry);
+    agent_runner *r = agent_runner_start(bus, &s, &retry, entries, count, err, errlen);
+    free(entries);
+    return r;
 }
 
 static int run_api(const char *cmd, const char *usage, int argc, char **argv, herald_config *cfg)
@@ -59,7 +81,9 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     int status = CLI_USAGE;
     task_store *store = NULL;
     api_server *srv = NULL;
-    char err[512];
+    agent_runner *agents = NULL;
+    int with_agents = strcmp(cmd, "up") == 0;
+    char err[1024];
     if (cli_finish_parse(cmd, &args, usage, 0, &status))
         goto out;
     status = CLI_FAILED;
@@ -80,6 +104,10 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
         fprintf(stderr, "herald %s: %s\n", cmd, err);
         goto out;
     }
+    if (with_agents && !(agents = start_agents(&bus, cfg, err, sizeof(err)))) {
+        fprintf(stderr, "herald %s: %s\n", cmd, err);
+        goto out;
+    }
     srv = api_server_start(cfg->listen, store, err, sizeof(err));
     if (!srv) {
         fprintf(stderr, "herald %s: %s\n", cmd, err);
@@ -97,6 +125,8 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
              sig == SIGINT ? "SIGINT" : "SIGTERM");
     api_server_stop(srv, SHUTDOWN_GRACE_MS);
     srv = NULL;
+    agent_runner_stop(agents);
+    agents = NULL;
     uint64_t batches, requests;
     task_store_stats(store, &batches, &requests);
     task_store_close(store);
@@ -106,6 +136,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     status = CLI_OK;
 out:
     api_server_stop(srv, 0);
+    agent_runner_stop(agents);
     task_store_close(store);
     free(args.positional);
     return status;

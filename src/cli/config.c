@@ -94,17 +94,17 @@ static int set_listen(herald_config *cfg, const char *v, char *err, size_t errle
 }
 
 /* A string setting stored at an offset of herald_config; any value. */
-#define STRING_SETTER(field, max_len)                                                             \
-    static int set_##field(herald_config *cfg, const char *v, char *err, size_t errlen)           \
-    {                                                                                             \
-        if (strlen(v) > (max_len))                                                                \
-            return util_error(err, errlen, "too long (at most %d characters)", (int)(max_len));  \
-        for (const char *p = v; *p; p++)                                                          \
-            if ((unsigned char)*p < 0x20 || *p == 0x7f)                                           \
-                return util_error(err, errlen, "must not contain control characters");           \
-        free(cfg->field);                                                                         \
-        cfg->field = xstrdup(v);                                                                  \
-        return 0;                                                                                 \
+#define STRING_SETTER(field, max_len)                                                              \
+    static int set_##field(herald_config *cfg, const char *v, char *err, size_t errlen)            \
+    {                                                                                              \
+        if (strlen(v) > (max_len))                                                                 \
+            return util_error(err, errlen, "too long (at most %d characters)", (int)(max_len));    \
+        for (const char *p = v; *p; p++)                                                           \
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)                                            \
+                return util_error(err, errlen, "must not contain control characters");             \
+        free(cfg->field);                                                                          \
+        cfg->field = xstrdup(v);                                                                   \
+        return 0;                                                                                  \
     }
 
 STRING_SETTER(smtp_url, 2048)
@@ -221,8 +221,8 @@ static const setting settings[] = {
      set_audit_dir},
     {"remind-before", "HERALD_REMIND_BEFORE", "0", "reminders fire this long before due_at",
      set_remind_before},
-    {"call-timeout", "HERALD_CALL_TIMEOUT", "30s",
-     "time limit of one SMTP, webhook or exec call", set_call_timeout},
+    {"call-timeout", "HERALD_CALL_TIMEOUT", "30s", "time limit of one SMTP, webhook or exec call",
+     set_call_timeout},
     {"retry-attempts", "HERALD_RETRY_ATTEMPTS", "5",
      "handler calls per event before it goes to the dead-letter topic", set_retry_attempts},
     {"retry-base", "HERALD_RETRY_BASE", "500ms", "first retry delay (doubles, with jitter)",

@@ -25,19 +25,19 @@ typedef struct herald_config {
     char *listen;         /* HERALD_LISTEN, --listen: HOST:PORT of the Task API */
 
     /* agents */
-    char *smtp_url;            /* HERALD_SMTP_URL; "" writes .eml files */
-    char *smtp_from;           /* HERALD_SMTP_FROM */
-    char *smtp_user;           /* HERALD_SMTP_USER */
-    char *smtp_password;       /* HERALD_SMTP_PASSWORD */
-    char *email_domain;        /* HERALD_EMAIL_DOMAIN */
-    char *slack_webhook_url;   /* HERALD_SLACK_WEBHOOK_URL; "" only logs */
-    char *slack_channel;       /* HERALD_SLACK_CHANNEL */
-    char *audit_dir;           /* HERALD_AUDIT_DIR; "" means DATA_DIR/audit */
-    int64_t remind_before_ms;  /* HERALD_REMIND_BEFORE */
-    int64_t call_timeout_ms;   /* HERALD_CALL_TIMEOUT */
-    int retry_attempts;        /* HERALD_RETRY_ATTEMPTS */
-    int64_t retry_base_ms;     /* HERALD_RETRY_BASE */
-    int64_t retry_max_ms;      /* HERALD_RETRY_MAX */
+    char *smtp_url;           /* HERALD_SMTP_URL; "" writes .eml files */
+    char *smtp_from;          /* HERALD_SMTP_FROM */
+    char *smtp_user;          /* HERALD_SMTP_USER */
+    char *smtp_password;      /* HERALD_SMTP_PASSWORD */
+    char *email_domain;       /* HERALD_EMAIL_DOMAIN */
+    char *slack_webhook_url;  /* HERALD_SLACK_WEBHOOK_URL; "" only logs */
+    char *slack_channel;      /* HERALD_SLACK_CHANNEL */
+    char *audit_dir;          /* HERALD_AUDIT_DIR; "" means DATA_DIR/audit */
+    int64_t remind_before_ms; /* HERALD_REMIND_BEFORE */
+    int64_t call_timeout_ms;  /* HERALD_CALL_TIMEOUT */
+    int retry_attempts;       /* HERALD_RETRY_ATTEMPTS */
+    int64_t retry_base_ms;    /* HERALD_RETRY_BASE */
+    int64_t retry_max_ms;     /* HERALD_RETRY_MAX */
 } herald_config;
 
 /* clang-format off */

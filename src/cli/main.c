@@ -18,6 +18,8 @@ typedef struct command {
 static const command commands[] = {
     {"up", cmd_up, "run the whole system in one process (today: the Task API)"},
     {"api", cmd_api, "run the Task API (HTTP) alone"},
+    {"agent", cmd_agent, "run one agent alone (email, slack, audit, scheduler, exec)"},
+    {"dlq", cmd_dlq, "list and replay dead-lettered events"},
     {"publish", cmd_publish, "publish one event (validated) and print it"},
     {"tail", cmd_tail, "print events as JSON lines; --follow to keep waiting"},
 };

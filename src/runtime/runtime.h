@@ -114,11 +114,11 @@ sqlite3 *agent_ctx_db(const agent_ctx *ctx);
 /* ---- an agent --------------------------------------------------------- */
 
 typedef struct agent_def {
-    const char *name;  /* "email": `herald agent NAME`, logs, source of its events */
-    const char *group; /* consumer group, e.g. "notification-email" */
+    const char *name;          /* "email": `herald agent NAME`, logs, source of its events */
+    const char *group;         /* consumer group, e.g. "notification-email" */
     const char *const *topics; /* topics to read (borrowed) ... */
     size_t topic_count;
-    const char *pattern; /* ... or a regex over topic names ("^.*-events$") */
+    const char *pattern;      /* ... or a regex over topic names ("^.*-events$") */
     const char *const *types; /* event types handed to the handler; others are
                                  committed without a call. NULL: every type */
     size_t type_count;

@@ -1,0 +1,812 @@
+/*
+ * runtime.c - the consume loop every agent shares (see runtime.h).
+ *
+ * One round (agent_runtime_step):
+ *   1. poll a batch from the agent's consumer group;
+ *   2. for each record, in order: decode the envelope (undecodable: a dead
+ *      letter), skip types the agent does not handle, drop duplicates (the
+ *      group already handled this event_id: agent_processed table, or
+ *      earlier in this batch), call the handler with retries and backoff;
+ *      handlers marked in_transaction are deferred to step 4;
+ *   3. before_commit hook (the audit agent's fsync);
+ *   4. one transaction on the event log: the deferred handlers (each in a
+ *      savepoint), the derived events, the dead letters, the
+ *      de-duplication records and the group's offsets; COMMIT;
+ *   5. timers: if the agent's next timer is due, fire_timers() in a second
+ *      transaction with the events it emits.
+ * If the loop is stopped while a batch is in hand (a stop during a retry
+ * backoff), the consumer is moved back to the first record not handled, so
+ * the commit covers exactly what was handled. If the transaction fails, the
+ * consumer is moved back to the start of the batch and nothing counts as
+ * handled: the batch is read again (at-least-once).
+ *
+ * State database: in the embedded mode, the consumer's own connection to
+ * the event log, so the agent's rows (agent_processed, reminders, ...)
+ * commit atomically with its events and offsets.
+ *
+ * Threads: the loop runs on one thread; agent_runtime_stop() and
+ * agent_runtime_stats() may be called from others (an atomic flag, an
+ * eventfd and a mutex around the counters).
+ */
+#include "runtime/runtime.h"
+
+#include "bus/sqlite_consumer.h"
+#include "bus/sqlite_log.h"
+#include "common/log.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#define DEFAULT_MAX_BATCH 256
+/* Longest wait in one poll when no timer is pending (stop wakes it anyway). */
+#define IDLE_POLL_MS 5000
+/* Longest Retry-After honoured, and the delay after a failed round. */
+#define MAX_RETRY_AFTER_MS (3600 * 1000)
+#define ERROR_BACKOFF_MS 1000
+/* How often old de-duplication records are purged. */
+#define PURGE_INTERVAL_MS (3600 * 1000)
+/* Without event retention, de-duplication records are kept this long. */
+#define DEFAULT_DEDUP_KEEP_MS (30LL * 24 * 3600 * 1000)
+
+/* A record to append in the batch transaction (owned copies). */
+typedef struct pending_record {
+    char *topic;
+    char *key;
+    char *value;
+    size_t value_len;
+    bus_header headers[6];
+    char *header_values[6];
+    size_t header_count;
+} pending_record;
+
+typedef struct record_list {
+    pending_record *items;
+    size_t count, cap;
+} record_list;
+
+struct agent_ctx {
+    agent_runtime *rt;
+    const bus_message *msg; /* NULL in a timer */
+    const event *ev;        /* NULL in a timer */
+    int attempt;
+    int64_t retry_after_ms; /* -1: computed backoff */
+    int db_open;            /* agent_ctx_db() allowed */
+    size_t emit_mark;       /* rt->emits.count when this attempt started */
+};
+
+struct agent_runtime {
+    agent_def def;
+    runtime_retry retry;
+    bus_consumer *consumer;
+    bus_log *log;
+    sqlite3 *db;
+    sqlite3_stmt *seen, *mark, *purge;
+    int64_t dedup_keep_ms, next_purge_ms;
+
+    record_list emits, dead, processed; /* processed: topic = event_id */
+    /* event ids handled in this batch: open addressing over rt->processed */
+    size_t *batch_ids;
+    size_t batch_ids_cap;
+    size_t *deferred; /* indexes of in_transaction records */
+    size_t deferred_count;
+
+    atomic_int stopping;
+    int stop_fd;
+    pthread_mutex_t stats_lock;
+    runtime_stats stats;
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static void record_free(pending_record *r)
+{
+    free(r->topic);
+    free(r->key);
+    free(r->value);
+    for (size_t i = 0; i < r->header_count; i++)
+        free(r->header_values[i]);
+}
+
+static pending_record *record_add(record_list *l)
+{
+    if (l->count == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 64;
+        l->items = xrealloc(l->items, l->cap * sizeof(*l->items));
+    }
+    pending_record *r = &l->items[l->count++];
+    memset(r, 0, sizeof(*r));
+    return r;
+}
+
+static void record_truncate(record_list *l, size_t count)
+{
+    while (l->count > count)
+        record_free(&l->items[--l->count]);
+}
+
+static void record_header(pending_record *r, const char *name, const char *value)
+{
+    size_t i = r->header_count++;
+    r->header_values[i] = xstrdup(value);
+    r->headers[i].name = name;
+    r->headers[i].value = r->header_values[i];
+    r->headers[i].value_len = strlen(value);
+}
+
+static int stopping(agent_runtime *rt)
+{
+    return atomic_load(&rt->stopping);
+}
+
+/* Sleep up to ms; returns early (1) when the runtime is stopped. */
+static int sleep_or_stop(agent_runtime *rt, int64_t ms)
+{
+    int64_t deadline = util_monotonic_ns() + ms * 1000000LL;
+    while (!stopping(rt)) {
+        int64_t left = (deadline - util_monotonic_ns()) / 1000000LL;
+        if (left <= 0)
+            return 0;
+        struct pollfd pfd = {.fd = rt->stop_fd, .events = POLLIN};
+        poll(&pfd, 1, left > 60000 ? 60000 : (int)left);
+    }
+    return 1;
+}
+
+static uint64_t hash_id(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+    return h;
+}
+
+/* Is event_id among this batch's processed ids? (add: insert index idx) */
+static int batch_seen(agent_runtime *rt, const char *id, size_t add_idx, int add)
+{
+    if (rt->batch_ids_cap == 0)
+        return 0;
+    size_t mask = rt->batch_ids_cap - 1;
+    for (size_t i = hash_id(id) & mask;; i = (i + 1) & mask) {
+        size_t slot = rt->batch_ids[i];
+        if (slot == 0) {
+            if (add)
+                rt->batch_ids[i] = add_idx + 1;
+            return 0;
+        }
+        if (strcmp(rt->processed.items[slot - 1].topic, id) == 0)
+            return 1;
+    }
+}
+
+static int db_seen(agent_runtime *rt, const char *id, int *seen, char *err, size_t errlen)
+{
+    sqlite3_bind_text(rt->seen, 1, rt->def.group, -1, SQLITE_STATIC);
+    sqlite3_bind_text(rt->seen, 2, id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(rt->seen);
+    *seen = rc == SQLITE_ROW;
+    sqlite3_reset(rt->seen);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return util_error(err, errlen, "cannot read de-duplication records: %s",
+                          sqlite3_errmsg(rt->db));
+    return 0;
+}
+
+static void stat_add(agent_runtime *rt, uint64_t *field, uint64_t n)
+{
+    pthread_mutex_lock(&rt->stats_lock);
+    *field += n;
+    pthread_mutex_unlock(&rt->stats_lock);
+}
+
+/* ---- the handler's context -------------------------------------------- */
+
+static int emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
+                const char *correlation_id, const char *causation_id, char *out_id, char *err,
+                size_t errlen)
+{
+    agent_runtime *rt = ctx->rt;
+    if (!json_is_object(data))
+        return util_error(err, errlen, "data of '%s' must be a JSON object", type);
+    char topic[EVENT_TYPE_MAX + 16];
+    if (event_type_check(type, err, errlen) != 0)
+        return -1;
+    if (event_topic_for_type(type, topic, sizeof(topic)) != 0)
+        return util_error(err, errlen, "no topic for event type '%s'", type);
+    event ev = EVENT_INIT;
+    if (event_build(&ev, type, data, correlation_id, causation_id, rt->def.name, err, errlen) != 0)
+        return -1;
+    if (!key) {
+        json_t *task_id = json_object_get(data, "task_id");
+        if (json_is_string(task_id))
+            key = json_string_value(task_id);
+        else if (ctx->msg && ctx->msg->key)
+            key = ctx->msg->key;
+    }
+    pending_record *r = record_add(&rt->emits);
+    r->topic = xstrdup(topic);
+    r->key = key ? xstrdup(key) : NULL;
+    r->value = event_encode(&ev, &r->value_len);
+    if (out_id)
+        memcpy(out_id, ev.event_id, EVENT_UUID_LEN + 1);
+    LOG_DEBUG_CID(ev.correlation_id, "%s: emitted %s [%s] caused by %s", rt->def.name, type,
+                  ev.event_id, ev.causation_id);
+    event_release(&ev);
+    return 0;
+}
+
+int agent_emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
+               const char *caused_by, char out_id[EVENT_UUID_LEN + 1], char *err, size_t errlen)
+{
+    if (!ctx->ev)
+        return util_error(err, errlen, "agent_emit() needs an input event (use agent_emit_with())");
+    if (caused_by) {
+        /* must be an event emitted earlier for this input */
+        int found = 0;
+        for (size_t i = ctx->emit_mark; i < ctx->rt->emits.count && !found; i++) {
+            const char *v = ctx->rt->emits.items[i].value;
+            found = strncmp(v, "{\"event_id\":\"", 13) == 0 &&
+                    strncmp(v + 13, caused_by, EVENT_UUID_LEN) == 0;
+        }
+        if (!found)
+            return util_error(err, errlen, "caused_by '%s' is not an event emitted for this input",
+                              caused_by);
+    }
+    return emit(ctx, type, data, key, ctx->ev->correlation_id,
+                caused_by ? caused_by : ctx->ev->event_id, out_id, err, errlen);
+}
+
+int agent_emit_with(agent_ctx *ctx, const char *type, json_t *data, const char *key,
+                    const char *correlation_id, const char *causation_id,
+                    char out_id[EVENT_UUID_LEN + 1], char *err, size_t errlen)
+{
+    if (!correlation_id || !causation_id)
+        return util_error(err, errlen, "agent_emit_with() needs a correlation and a causation id");
+    return emit(ctx, type, data, key, correlation_id, causation_id, out_id, err, errlen);
+}
+
+void agent_retry_after(agent_ctx *ctx, int64_t delay_ms)
+{
+    if (delay_ms < 0)
+        delay_ms = 0;
+    ctx->retry_after_ms = delay_ms > MAX_RETRY_AFTER_MS ? MAX_RETRY_AFTER_MS : delay_ms;
+}
+
+const bus_message *agent_ctx_message(const agent_ctx *ctx)
+{
+    return ctx->msg;
+}
+
+int agent_ctx_attempt(const agent_ctx *ctx)
+{
+    return ctx->attempt;
+}
+
+const char *agent_ctx_group(const agent_ctx *ctx)
+{
+    return ctx->rt->def.group;
+}
+
+const char *agent_ctx_name(const agent_ctx *ctx)
+{
+    return ctx->rt->def.name;
+}
+
+sqlite3 *agent_ctx_db(const agent_ctx *ctx)
+{
+    return ctx->db_open ? ctx->rt->db : NULL;
+}
+
+/* ---- open / close ----------------------------------------------------- */
+
+static int prepare(agent_runtime *rt, const char *sql, sqlite3_stmt **stmt, char *err,
+                   size_t errlen)
+{
+    if (sqlite3_prepare_v3(rt->db, sql, -1, SQLITE_PREPARE_PERSISTENT, stmt, NULL) != SQLITE_OK)
+        return util_error(err, errlen, "cannot prepare '%.40s': %s", sql, sqlite3_errmsg(rt->db));
+    return 0;
+}
+
+static int create_tables(agent_runtime *rt, char *err, size_t errlen)
+{
+    if (bus_log_begin(rt->log, err, errlen) != 0)
+        return -1;
+    char *msg = NULL;
+    if (sqlite3_exec(rt->db,
+                     "CREATE TABLE IF NOT EXISTS agent_processed ("
+                     " group_name TEXT NOT NULL, event_id TEXT NOT NULL,"
+                     " processed_ms INTEGER NOT NULL,"
+                     " PRIMARY KEY (group_name, event_id)) WITHOUT ROWID",
+                     NULL, NULL, &msg) != SQLITE_OK) {
+        util_error(err, errlen, "cannot create the de-duplication table: %s", msg);
+        sqlite3_free(msg);
+        bus_log_rollback(rt->log);
+        return -1;
+    }
+    return bus_log_commit(rt->log, err, errlen);
+}
+
+static void purge_processed(agent_runtime *rt)
+{
+    int64_t now = util_now_ms();
+    rt->next_purge_ms = now + PURGE_INTERVAL_MS;
+    sqlite3_bind_text(rt->purge, 1, rt->def.group, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(rt->purge, 2, now - rt->dedup_keep_ms);
+    if (sqlite3_step(rt->purge) != SQLITE_DONE)
+        LOG_WARN("%s: cannot purge old de-duplication records: %s", rt->def.name,
+                 sqlite3_errmsg(rt->db));
+    sqlite3_reset(rt->purge);
+}
+
+agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
+                                  const runtime_retry *retry, char *err, size_t errlen)
+{
+    agent_runtime *rt = xcalloc(1, sizeof(*rt));
+    rt->def = *def;
+    rt->retry = retry ? *retry : (runtime_retry)RUNTIME_RETRY_INIT;
+    if (rt->retry.max_attempts < 1)
+        rt->retry.max_attempts = 1;
+    if (rt->def.max_batch == 0)
+        rt->def.max_batch = DEFAULT_MAX_BATCH;
+    atomic_init(&rt->stopping, 0);
+    rt->stop_fd = -1;
+    pthread_mutex_init(&rt->stats_lock, NULL);
+    if (!def->name || !*def->name || !def->group || !def->handle) {
+        util_error(err, errlen, "agent definition needs a name, a group and a handler");
+        goto fail;
+    }
+    rt->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (rt->stop_fd < 0) {
+        util_error(err, errlen, "eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    bus_subscription sub = BUS_SUBSCRIPTION_INIT;
+    sub.group_id = def->group;
+    sub.topics = def->topics;
+    sub.topic_count = def->topic_count;
+    sub.pattern = def->pattern;
+    sub.reset = BUS_RESET_EARLIEST;
+    sub.max_batch = rt->def.max_batch;
+    char why[512];
+    rt->consumer = bus_consumer_open(cfg, &sub, why, sizeof(why));
+    if (!rt->consumer) {
+        util_error(err, errlen, "agent '%s': %s", def->name, why);
+        goto fail;
+    }
+    bus_consumer_sqlite *sc = bus_consumer_sqlite_of(rt->consumer);
+    if (!sc) {
+        util_error(err, errlen, "agent '%s': this bus has no state database", def->name);
+        goto fail;
+    }
+    rt->log = bus_consumer_sqlite_log(sc);
+    rt->db = bus_log_db(rt->log);
+    rt->dedup_keep_ms = cfg->retention_ms > 0 ? cfg->retention_ms : DEFAULT_DEDUP_KEEP_MS;
+    if (create_tables(rt, why, sizeof(why)) != 0 ||
+        prepare(rt, "SELECT 1 FROM agent_processed WHERE group_name = ?1 AND event_id = ?2",
+                &rt->seen, why, sizeof(why)) != 0 ||
+        prepare(rt,
+                "INSERT OR IGNORE INTO agent_processed (group_name, event_id, processed_ms)"
+                " VALUES (?1, ?2, ?3)",
+                &rt->mark, why, sizeof(why)) != 0 ||
+        prepare(rt, "DELETE FROM agent_processed WHERE group_name = ?1 AND processed_ms < ?2",
+                &rt->purge, why, sizeof(why)) != 0) {
+        util_error(err, errlen, "agent '%s': %s", def->name, why);
+        goto fail;
+    }
+    purge_processed(rt);
+    if (def->setup && def->setup(def->state, rt->db, why, sizeof(why)) != 0) {
+        util_error(err, errlen, "agent '%s': %s", def->name, why);
+        goto fail;
+    }
+    rt->batch_ids_cap = 1;
+    while (rt->batch_ids_cap < rt->def.max_batch * 2)
+        rt->batch_ids_cap *= 2;
+    rt->batch_ids = xcalloc(rt->batch_ids_cap, sizeof(*rt->batch_ids));
+    rt->deferred = xcalloc(rt->def.max_batch, sizeof(*rt->deferred));
+    return rt;
+fail:
+    agent_runtime_close(rt);
+    return NULL;
+}
+
+static void clear_batch(agent_runtime *rt)
+{
+    record_truncate(&rt->emits, 0);
+    record_truncate(&rt->dead, 0);
+    record_truncate(&rt->processed, 0);
+    if (rt->batch_ids)
+        memset(rt->batch_ids, 0, rt->batch_ids_cap * sizeof(*rt->batch_ids));
+    rt->deferred_count = 0;
+}
+
+void agent_runtime_close(agent_runtime *rt)
+{
+    if (!rt)
+        return;
+    clear_batch(rt);
+    free(rt->emits.items);
+    free(rt->dead.items);
+    free(rt->processed.items);
+    free(rt->batch_ids);
+    free(rt->deferred);
+    sqlite3_finalize(rt->seen);
+    sqlite3_finalize(rt->mark);
+    sqlite3_finalize(rt->purge);
+    bus_consumer_close(rt->consumer);
+    if (rt->def.destroy)
+        rt->def.destroy(rt->def.state);
+    if (rt->stop_fd >= 0)
+        close(rt->stop_fd);
+    pthread_mutex_destroy(&rt->stats_lock);
+    free(rt);
+}
+
+void agent_runtime_stop(agent_runtime *rt)
+{
+    atomic_store(&rt->stopping, 1);
+    uint64_t one = 1;
+    ssize_t ignored = write(rt->stop_fd, &one, sizeof(one));
+    (void)ignored;
+    bus_consumer_wakeup(rt->consumer);
+}
+
+void agent_runtime_stats(agent_runtime *rt, runtime_stats *out)
+{
+    pthread_mutex_lock(&rt->stats_lock);
+    *out = rt->stats;
+    pthread_mutex_unlock(&rt->stats_lock);
+}
+
+const char *agent_runtime_name(const agent_runtime *rt)
+{
+    return rt->def.name;
+}
+
+/* ---- one batch -------------------------------------------------------- */
+
+static int wants_type(const agent_runtime *rt, const char *type)
+{
+    if (!rt->def.types)
+        return 1;
+    for (size_t i = 0; i < rt->def.type_count; i++)
+        if (strcmp(rt->def.types[i], type) == 0)
+            return 1;
+    return 0;
+}
+
+static void dead_letter(agent_runtime *rt, const bus_message *m, const char *cid,
+                        const char *reason, int attempts)
+{
+    pending_record *r = record_add(&rt->dead);
+    size_t tl = strlen(m->topic);
+    r->topic = xmalloc(tl + sizeof(RUNTIME_DLQ_SUFFIX));
+    memcpy(r->topic, m->topic, tl);
+    memcpy(r->topic + tl, RUNTIME_DLQ_SUFFIX, sizeof(RUNTIME_DLQ_SUFFIX));
+    r->key = m->key ? xstrndup(m->key, m->key_len) : NULL;
+    r->value = xmalloc(m->value_len + 1);
+    memcpy(r->value, m->value, m->value_len);
+    r->value[m->value_len] = '\0';
+    r->value_len = m->value_len;
+    char num[32], when[EVENT_TIME_LEN + 1];
+    record_header(r, RUNTIME_DLQ_REASON, reason);
+    record_header(r, RUNTIME_DLQ_GROUP, rt->def.group);
+    snprintf(num, sizeof(num), "%d", attempts);
+    record_header(r, RUNTIME_DLQ_ATTEMPTS, num);
+    record_header(r, RUNTIME_DLQ_TOPIC, m->topic);
+    snprintf(num, sizeof(num), "%" PRId64, m->offset);
+    record_header(r, RUNTIME_DLQ_OFFSET, num);
+    event_format_time(util_now_ms(), when);
+    record_header(r, RUNTIME_DLQ_FAILED_AT, when);
+    LOG_ERROR_CID(cid, "%s: %s:%" PRId64 " dead-lettered to %s after %d attempt%s: %s",
+                  rt->def.name, m->topic, m->offset, r->topic, attempts, attempts == 1 ? "" : "s",
+                  reason);
+}
+
+static void mark_processed(agent_runtime *rt, const char *event_id)
+{
+    pending_record *r = record_add(&rt->processed);
+    r->topic = xstrdup(event_id);
+    batch_seen(rt, event_id, rt->processed.count - 1, 1);
+}
+
+static int64_t backoff_ms(const agent_runtime *rt, int attempt)
+{
+    int64_t d = rt->retry.base_ms;
+    for (int i = 1; i < attempt && d < rt->retry.max_ms; i++)
+        d *= 2;
+    if (d > rt->retry.max_ms)
+        d = rt->retry.max_ms;
+    uint32_t r = 0;
+    if (getrandom(&r, sizeof(r), 0) != sizeof(r))
+        r = (uint32_t)util_monotonic_ns();
+    /* jitter: 50..100 % of the delay */
+    return d / 2 + (int64_t)((double)(d - d / 2) * ((double)r / 4294967296.0)) + 1;
+}
+
+/*
+ * Handle one decoded event outside the transaction, with retries.
+ * Returns 0 when the event is settled (handled or dead-lettered), 1 when the
+ * runtime was stopped before it was settled.
+ */
+static int handle_with_retries(agent_runtime *rt, const bus_message *m, const event *ev)
+{
+    char reason[512];
+    for (int attempt = 1;; attempt++) {
+        agent_ctx ctx = {rt, m, ev, attempt, -1, 0, rt->emits.count};
+        reason[0] = '\0';
+        agent_outcome o = rt->def.handle(rt->def.state, &ctx, ev, reason, sizeof(reason));
+        if (o == AGENT_OK) {
+            mark_processed(rt, ev->event_id);
+            return 0;
+        }
+        record_truncate(&rt->emits, ctx.emit_mark);
+        if (!reason[0])
+            util_strlcpy(reason, o == AGENT_RETRY ? "temporary failure" : "failed", sizeof(reason));
+        if (o != AGENT_RETRY) {
+            dead_letter(rt, m, ev->correlation_id, reason, attempt);
+            return 0;
+        }
+        stat_add(rt, &rt->stats.retried, 1);
+        if (attempt >= rt->retry.max_attempts) {
+            char why[600];
+            snprintf(why, sizeof(why), "gave up after %d attempts: %s", attempt, reason);
+            dead_letter(rt, m, ev->correlation_id, why, attempt);
+            return 0;
+        }
+        int64_t delay = ctx.retry_after_ms >= 0 ? ctx.retry_after_ms : backoff_ms(rt, attempt);
+        LOG_WARN_CID(ev->correlation_id,
+                     "%s: %s [%s] attempt %d/%d failed: %s; retrying in %" PRId64 " ms",
+                     rt->def.name, ev->event_type, ev->event_id, attempt, rt->retry.max_attempts,
+                     reason, delay);
+        if (sleep_or_stop(rt, delay))
+            return 1;
+    }
+}
+
+/* Move the consumer back to the first of msgs[from..n) of each topic. */
+static void seek_back(agent_runtime *rt, const bus_message *msgs, size_t from, size_t n)
+{
+    for (size_t i = from; i < n; i++) {
+        int first = 1;
+        for (size_t j = from; j < i && first; j++)
+            first = strcmp(msgs[j].topic, msgs[i].topic) != 0;
+        if (!first)
+            continue;
+        char err[256];
+        if (bus_consumer_seek(rt->consumer, msgs[i].topic, msgs[i].partition, msgs[i].offset, err,
+                              sizeof(err)) != 0)
+            LOG_ERROR("%s: %s", rt->def.name, err);
+    }
+}
+
+static int append_list(agent_runtime *rt, record_list *l, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < l->count; i++) {
+        pending_record *p = &l->items[i];
+        bus_record r = BUS_RECORD_INIT;
+        r.topic = p->topic;
+        r.key = p->key;
+        r.key_len = p->key ? strlen(p->key) : 0;
+        r.value = p->value;
+        r.value_len = p->value_len;
+        r.headers = p->header_count ? p->headers : NULL;
+        r.header_count = p->header_count;
+        if (bus_log_append(rt->log, &r, 1, NULL, err, errlen) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int exec_sql(agent_runtime *rt, const char *sql, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(rt->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        util_error(err, errlen, "%s: %s", sql, msg ? msg : sqlite3_errmsg(rt->db));
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Run one deferred in-transaction handler inside a savepoint. */
+static int run_deferred(agent_runtime *rt, const bus_message *m, char *err, size_t errlen)
+{
+    event ev = EVENT_INIT;
+    char reason[512];
+    if (event_decode(&ev, m->value, m->value_len, reason, sizeof(reason)) != 0)
+        return util_error(err, errlen, "event changed under the runtime: %s", reason);
+    if (batch_seen(rt, ev.event_id, 0, 0)) { /* a second copy in this batch */
+        event_release(&ev);
+        return 0;
+    }
+    if (exec_sql(rt, "SAVEPOINT agent_handler", err, errlen) != 0) {
+        event_release(&ev);
+        return -1;
+    }
+    agent_ctx ctx = {rt, m, &ev, 1, -1, 1, rt->emits.count};
+    reason[0] = '\0';
+    agent_outcome o = rt->def.handle(rt->def.state, &ctx, &ev, reason, sizeof(reason));
+    int rc = 0;
+    if (o == AGENT_OK) {
+        mark_processed(rt, ev.event_id);
+        rc = exec_sql(rt, "RELEASE agent_handler", err, errlen);
+    } else {
+        record_truncate(&rt->emits, ctx.emit_mark);
+        rc = exec_sql(rt, "ROLLBACK TO agent_handler", err, errlen);
+        if (rc == 0)
+            rc = exec_sql(rt, "RELEASE agent_handler", err, errlen);
+        dead_letter(rt, m, ev.correlation_id, reason[0] ? reason : "failed", 1);
+    }
+    event_release(&ev);
+    return rc;
+}
+
+/* The batch transaction: deferred handlers, records, dedup rows, offsets. */
+static int commit_batch(agent_runtime *rt, const bus_message *msgs, char *err, size_t errlen)
+{
+    if (bus_log_begin(rt->log, err, errlen) != 0)
+        return -1;
+    for (size_t i = 0; i < rt->deferred_count; i++)
+        if (run_deferred(rt, &msgs[rt->deferred[i]], err, errlen) != 0)
+            goto fail;
+    if (append_list(rt, &rt->emits, err, errlen) != 0 ||
+        append_list(rt, &rt->dead, err, errlen) != 0)
+        goto fail;
+    int64_t now = util_now_ms();
+    for (size_t i = 0; i < rt->processed.count; i++) {
+        sqlite3_bind_text(rt->mark, 1, rt->def.group, -1, SQLITE_STATIC);
+        sqlite3_bind_text(rt->mark, 2, rt->processed.items[i].topic, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(rt->mark, 3, now);
+        int rc = sqlite3_step(rt->mark);
+        sqlite3_reset(rt->mark);
+        if (rc != SQLITE_DONE) {
+            util_error(err, errlen, "cannot record handled events: %s", sqlite3_errmsg(rt->db));
+            goto fail;
+        }
+    }
+    bus_consumer_sqlite *sc = bus_consumer_sqlite_of(rt->consumer);
+    if (bus_consumer_sqlite_commit(sc, err, errlen) != 0)
+        goto fail;
+    if (bus_log_commit(rt->log, err, errlen) != 0)
+        return -1;
+    bus_consumer_sqlite_mark_committed(sc);
+    return 0;
+fail:
+    bus_log_rollback(rt->log);
+    return -1;
+}
+
+static int fire_timers(agent_runtime *rt, char *err, size_t errlen)
+{
+    if (!rt->def.next_timer || !rt->def.fire_timers)
+        return 0;
+    int64_t due = rt->def.next_timer(rt->def.state, rt->db);
+    int64_t now = util_now_ms();
+    if (due < 0 || due > now)
+        return 0;
+    if (bus_log_begin(rt->log, err, errlen) != 0)
+        return -1;
+    agent_ctx ctx = {rt, NULL, NULL, 1, -1, 1, 0};
+    if (rt->def.fire_timers(rt->def.state, &ctx, now, err, errlen) != 0 ||
+        append_list(rt, &rt->emits, err, errlen) != 0) {
+        bus_log_rollback(rt->log);
+        record_truncate(&rt->emits, 0);
+        return -1;
+    }
+    size_t emitted = rt->emits.count;
+    record_truncate(&rt->emits, 0);
+    if (bus_log_commit(rt->log, err, errlen) != 0)
+        return -1;
+    stat_add(rt, &rt->stats.emitted, emitted);
+    return 0;
+}
+
+int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char *err, size_t errlen)
+{
+    const bus_message *msgs;
+    size_t n = 0;
+    if (records)
+        *records = 0;
+    if (rt->next_purge_ms <= util_now_ms())
+        purge_processed(rt);
+    if (rt->def.next_timer) {
+        int64_t due = rt->def.next_timer(rt->def.state, rt->db);
+        if (due >= 0) {
+            int64_t wait = due - util_now_ms();
+            if (wait < timeout_ms || timeout_ms < 0)
+                timeout_ms = wait < 0 ? 0 : (int)(wait > IDLE_POLL_MS ? IDLE_POLL_MS : wait);
+        }
+    }
+    if (bus_consumer_poll(rt->consumer, timeout_ms, &msgs, &n, err, errlen) != 0)
+        return -1;
+    if (records)
+        *records = n;
+    clear_batch(rt);
+    uint64_t skipped = 0, duplicates = 0;
+    size_t done = 0; /* records settled so far */
+    int stopped = 0;
+    char why[512];
+    for (; done < n && !stopped; done++) {
+        const bus_message *m = &msgs[done];
+        event ev = EVENT_INIT;
+        if (event_decode(&ev, m->value, m->value_len, why, sizeof(why)) != 0) {
+            char reason[600];
+            snprintf(reason, sizeof(reason), "invalid envelope: %s", why);
+            dead_letter(rt, m, NULL, reason, 0);
+            continue;
+        }
+        int seen = 0;
+        if (!wants_type(rt, ev.event_type)) {
+            skipped++;
+        } else if (!batch_seen(rt, ev.event_id, 0, 0) &&
+                   db_seen(rt, ev.event_id, &seen, err, errlen) != 0) {
+            /* the de-duplication lookup failed: read this record again later */
+            LOG_ERROR("%s: %s", rt->def.name, err);
+            event_release(&ev);
+            seek_back(rt, msgs, done, n);
+            n = done;
+            break;
+        } else if (seen || batch_seen(rt, ev.event_id, 0, 0)) {
+            duplicates++;
+            LOG_DEBUG_CID(ev.correlation_id, "%s: %s [%s] already handled by group %s, dropped",
+                          rt->def.name, ev.event_type, ev.event_id, rt->def.group);
+        } else if (rt->def.in_transaction) {
+            rt->deferred[rt->deferred_count++] = done;
+        } else if (handle_with_retries(rt, m, &ev) != 0) {
+            stopped = 1;
+            done--; /* this record is not settled */
+        }
+        event_release(&ev);
+    }
+    if (done < n)
+        seek_back(rt, msgs, done, n);
+    if (rt->def.before_commit && rt->processed.count > 0 &&
+        rt->def.before_commit(rt->def.state, err, errlen) != 0) {
+        seek_back(rt, msgs, 0, done);
+        clear_batch(rt);
+        return -1;
+    }
+    if (done > 0 && commit_batch(rt, msgs, err, errlen) != 0) {
+        seek_back(rt, msgs, 0, done);
+        clear_batch(rt);
+        return -1;
+    }
+    pthread_mutex_lock(&rt->stats_lock);
+    rt->stats.handled += rt->processed.count;
+    rt->stats.dead_lettered += rt->dead.count;
+    rt->stats.emitted += rt->emits.count;
+    rt->stats.skipped += skipped;
+    rt->stats.duplicates += duplicates;
+    rt->stats.batches += done > 0;
+    pthread_mutex_unlock(&rt->stats_lock);
+    clear_batch(rt);
+    return fire_timers(rt, err, errlen);
+}
+
+int agent_runtime_run(agent_runtime *rt)
+{
+    char err[1024];
+    LOG_INFO("%s: running (group %s)", rt->def.name, rt->def.group);
+    while (!stopping(rt)) {
+        err[0] = '\0';
+        if (agent_runtime_step(rt, IDLE_POLL_MS, NULL, err, sizeof(err)) != 0) {
+            LOG_ERROR("%s: %s; trying again in %d ms", rt->def.name, err, ERROR_BACKOFF_MS);
+            sleep_or_stop(rt, ERROR_BACKOFF_MS);
+        }
+    }
+    runtime_stats s;
+    agent_runtime_stats(rt, &s);
+    LOG_INFO("%s: stopped (%" PRIu64 " handled, %" PRIu64 " retried, %" PRIu64
+             " dead-lettered, %" PRIu64 " duplicates dropped)",
+             rt->def.name, s.handled, s.retried, s.dead_lettered, s.duplicates);
+    return 0;
+}
