@@ -530,7 +530,13 @@ static void add_line(audit_writer *w, const char *logged_at, int64_t logged_ms, 
     BUF_LIT(w, "\":");
     buf_add(w, value, value_len);
     int64_t seq = w->head.seq + 1;
-    w->len += (size_t)snprintf(w->buf + w->len, 32, ",\"seq\":%" PRId64, seq);
+    BUF_LIT(w, ",\"seq\":");
+    char digits[24];
+    size_t nd = 0;
+    for (uint64_t v = (uint64_t)seq; v || !nd; v /= 10)
+        digits[nd++] = (char)('0' + v % 10);
+    while (nd)
+        w->buf[w->len++] = digits[--nd];
     BUF_LIT(w, ",\"prev\":\"");
     buf_add(w, w->head.hash, HEX);
     buf_add(w, "\"", 1);

@@ -62,8 +62,8 @@ static int verify(const char *dir)
     }
     printf("audit log OK: %zu file%s, %" PRIu64 " line%s, %" PRIu64 " event%s; chain head seq "
            "%" PRId64 " hash %s\n",
-           rep.files, rep.files == 1 ? "" : "s", rep.lines, rep.lines == 1 ? "" : "s",
-           rep.events, rep.events == 1 ? "" : "s", rep.head.seq, rep.head.hash);
+           rep.files, rep.files == 1 ? "" : "s", rep.lines, rep.lines == 1 ? "" : "s", rep.events,
+           rep.events == 1 ? "" : "s", rep.head.seq, rep.head.hash);
     if (rep.repairs)
         printf("note: %" PRIu64 " tail%s damaged by a crash and sealed by the agent (the first "
                "at %s/%s line %" PRIu64 "); the events there were logged again after it\n",
