@@ -69,7 +69,7 @@ static void publish_tasks(const bus_config *cfg, int n)
     enum { BATCH = 1000 };
     bus_record *recs = xcalloc(BATCH, sizeof(*recs));
     char **values = xcalloc(BATCH, sizeof(*values));
-    char (*keys)[EVENT_UUID_LEN + 1] = xcalloc(BATCH, sizeof(*keys));
+    char(*keys)[EVENT_UUID_LEN + 1] = xcalloc(BATCH, sizeof(*keys));
     char due[EVENT_TIME_LEN + 1], created[EVENT_TIME_LEN + 1];
     event_format_time(util_now_ms() + 24LL * 3600 * 1000, due);
     event_format_time(util_now_ms(), created);
@@ -80,9 +80,9 @@ static void publish_tasks(const bus_config *cfg, int n)
             char title[64], owner[32];
             snprintf(title, sizeof(title), "Review quarterly report #%d", done + i);
             snprintf(owner, sizeof(owner), "user-%d", (done + i) % 1000);
-            json_t *data = json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "task_id", keys[i], "title",
-                                     title, "owner_id", owner, "priority", 2, "created_at",
-                                     created, "due_at", due);
+            json_t *data =
+                json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "task_id", keys[i], "title", title,
+                          "owner_id", owner, "priority", 2, "created_at", created, "due_at", due);
             char causation[64];
             snprintf(causation, sizeof(causation), "api-create-%s", keys[i]);
             event ev = EVENT_INIT;
@@ -150,8 +150,7 @@ static int all_caught_up(sqlite3 *db, int groups_expected)
 
 /* Run the registry's agents named in names until every group caught up;
  * returns the seconds taken. */
-static double drain(const bus_config *cfg, const agent_settings *s, const char *const *names,
-                    int n)
+static double drain(const bus_config *cfg, const agent_settings *s, const char *const *names, int n)
 {
     const agent_entry *entries[8];
     for (int i = 0; i < n; i++) {
