@@ -12,6 +12,8 @@ static const agent_entry registry[] = {
      agent_email_def, 1},
     {"slack", "task.created/completed -> Slack webhook (HERALD_SLACK_WEBHOOK_URL)", agent_slack_def,
      1},
+    {"audit", "every *-events event -> hash-chained AUDIT_DIR/audit-YYYY-MM-DD.jsonl",
+     agent_audit_def, 1},
     {"scheduler", "due_at -> reminder.scheduled/.due/.cancelled (HERALD_REMIND_BEFORE)",
      agent_scheduler_def, 1},
     {"exec", "user channel: run a command per event (--group, --types, -- COMMAND)", agent_exec_def,

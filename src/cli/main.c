@@ -20,6 +20,7 @@ static const command commands[] = {
     {"api", cmd_api, "run the Task API (HTTP) alone"},
     {"agent", cmd_agent, "run one agent alone (email, slack, audit, scheduler, exec)"},
     {"dlq", cmd_dlq, "list and replay dead-lettered events"},
+    {"audit", cmd_audit, "audit verify: check the audit log's files and hash chain"},
     {"publish", cmd_publish, "publish one event (validated) and print it"},
     {"tail", cmd_tail, "print events as JSON lines; --follow to keep waiting"},
 };
