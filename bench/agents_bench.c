@@ -70,6 +70,9 @@ static void publish_tasks(const bus_config *cfg, int n)
     bus_record *recs = xcalloc(BATCH, sizeof(*recs));
     char **values = xcalloc(BATCH, sizeof(*values));
     char(*keys)[EVENT_UUID_LEN + 1] = xcalloc(BATCH, sizeof(*keys));
+    bus_header(*headers)[BUS_ENVELOPE_HEADERS] = xcalloc(BATCH, sizeof(*headers));
+    char(*timebufs)[EVENT_TIME_LEN + 1] = xcalloc(BATCH, sizeof(*timebufs));
+    event *evs = xcalloc(BATCH, sizeof(*evs));
     char due[EVENT_TIME_LEN + 1], created[EVENT_TIME_LEN + 1];
     event_format_time(util_now_ms() + 24LL * 3600 * 1000, due);
     event_format_time(util_now_ms(), created);
@@ -85,15 +88,17 @@ static void publish_tasks(const bus_config *cfg, int n)
                           "owner_id", owner, "priority", 2, "created_at", created, "due_at", due);
             char causation[64];
             snprintf(causation, sizeof(causation), "api-create-%s", keys[i]);
-            event ev = EVENT_INIT;
-            if (event_build(&ev, "task.created", data, NULL, causation, "task-api", err,
+            if (event_build(&evs[i], "task.created", data, NULL, causation, "task-api", err,
                             sizeof(err)) != 0)
                 die("event", err);
             json_decref(data);
             size_t len;
-            values[i] = event_encode(&ev, &len);
-            event_release(&ev);
+            values[i] = event_encode(&evs[i], &len);
+            /* the envelope headers, as the Task API writes them */
+            bus_envelope_headers(&evs[i], headers[i], timebufs[i]);
             bus_record r = BUS_RECORD_INIT;
+            r.headers = headers[i];
+            r.header_count = BUS_ENVELOPE_HEADERS;
             r.topic = "task-events";
             r.key = keys[i];
             r.key_len = EVENT_UUID_LEN;
@@ -103,13 +108,18 @@ static void publish_tasks(const bus_config *cfg, int n)
         }
         if (bus_produce(p, recs, (size_t)m, NULL, err, sizeof(err)) != 0)
             die("produce", err);
-        for (int i = 0; i < m; i++)
+        for (int i = 0; i < m; i++) {
             free(values[i]);
+            event_release(&evs[i]);
+        }
         done += m;
     }
     free(recs);
     free(values);
     free(keys);
+    free(headers);
+    free(timebufs);
+    free(evs);
     bus_producer_close(p);
 }
 

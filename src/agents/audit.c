@@ -36,8 +36,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Records per poll and per transaction: one write(2) and one fdatasync. */
-#define AUDIT_MAX_BATCH 1000
+/* Records per poll and per transaction: one write(2) and one fdatasync.
+ * AUDIT_RECENT_IDS (audit_log.h) must cover at least two batches. */
+#define AUDIT_MAX_BATCH 4000
 
 /* A line written in this batch, to be reported once it is durable. */
 typedef struct logged_note {
@@ -164,6 +165,7 @@ int agent_audit_def(agent_def *def, const agent_settings *s, char *err, size_t e
     def->pattern = pattern;
     def->max_batch = AUDIT_MAX_BATCH;
     def->handle = audit_handle;
+    def->raw_events = 1; /* logs the record as it is: no need to parse it */
     def->setup = audit_setup;
     def->before_commit = audit_before_commit;
     def->destroy = audit_destroy;

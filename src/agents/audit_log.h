@@ -68,7 +68,7 @@
 /* Length of a hash in hex. */
 #define AUDIT_HASH_HEX_LEN 64
 /* Default number of recent event ids a writer remembers (see below). */
-#define AUDIT_RECENT_IDS 4096
+#define AUDIT_RECENT_IDS 12000
 
 /* The end of the chain: what the next line links to. */
 typedef struct audit_head {

@@ -75,6 +75,100 @@ int bus_message_header(const bus_message *m, const char *name, const char **valu
     return 0;
 }
 
+size_t bus_envelope_headers(const event *ev, bus_header out[BUS_ENVELOPE_HEADERS],
+                            char timebuf[EVENT_TIME_LEN + 1])
+{
+    event_format_time(ev->occurred_ms, timebuf);
+    const char *values[BUS_ENVELOPE_HEADERS] = {
+        "1.0",   ev->event_id,       ev->event_type,   ev->source,
+        timebuf, ev->correlation_id, ev->causation_id, "application/json"};
+    static const char *names[BUS_ENVELOPE_HEADERS] = {
+        "ce_specversion",   "ce_id",          "ce_type",     "ce_source", "ce_time",
+        "ce_correlationid", "ce_causationid", "content-type"};
+    for (size_t i = 0; i < BUS_ENVELOPE_HEADERS; i++) {
+        out[i].name = names[i];
+        out[i].value = values[i];
+        out[i].value_len = strlen(values[i]);
+    }
+    return BUS_ENVELOPE_HEADERS;
+}
+
+/* Copy a header value into out[cap] as text; 0 if too long, empty or
+ * holding control characters. */
+static int header_text(const char *v, size_t len, char *out, size_t cap)
+{
+    if (len == 0 || len >= cap)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+            return 0;
+    memcpy(out, v, len);
+    out[len] = '\0';
+    return 1;
+}
+
+int bus_envelope_from_headers(const bus_message *m, event *ev)
+{
+    char id[EVENT_UUID_LEN + 1], type[EVENT_TYPE_MAX + 1], when[64];
+    char cid[EVENT_REF_ID_MAX + 1], cause[EVENT_REF_ID_MAX + 1], source[EVENT_SOURCE_MAX + 1];
+    static const char *names[] = {"ce_id",          "ce_type",  "ce_time", "ce_correlationid",
+                                  "ce_causationid", "ce_source"};
+    static const size_t name_lens[] = {5, 7, 7, 16, 14, 9};
+    char *outs[] = {id, type, when, cid, cause, source};
+    const size_t caps[] = {sizeof(id),  sizeof(type),  sizeof(when),
+                           sizeof(cid), sizeof(cause), sizeof(source)};
+    unsigned found = 0;
+    /* one pass over the encoded headers (see bus_message_header) */
+    const unsigned char *p = m->headers, *end = m->headers + m->headers_len;
+    while (p && p + 2 <= end) {
+        size_t nl = (size_t)p[0] | ((size_t)p[1] << 8);
+        if (p + 2 + nl + 4 > end)
+            return -1;
+        const char *name = (const char *)p + 2;
+        const unsigned char *vp = p + 2 + nl;
+        size_t vl =
+            (size_t)vp[0] | ((size_t)vp[1] << 8) | ((size_t)vp[2] << 16) | ((size_t)vp[3] << 24);
+        if (vp + 4 + vl > end)
+            return -1;
+        for (size_t k = 0; k < UTIL_ARRAY_LEN(names); k++) {
+            if (name_lens[k] == nl && memcmp(names[k], name, nl) == 0) {
+                if (!header_text((const char *)vp + 4, vl, outs[k], caps[k]))
+                    return -1;
+                found |= 1u << k;
+            }
+        }
+        p = vp + 4 + vl;
+    }
+    int64_t ms;
+    if (found != (1u << UTIL_ARRAY_LEN(names)) - 1 || !event_uuid_valid(id) ||
+        event_type_check_syntax(type, NULL, 0) != 0 || event_parse_time(when, &ms) != 0)
+        return -1;
+    /* the value must be this envelope: {"event_id":"<id>","event_type":"<type>", ... } */
+    static const char p1[] = "{\"event_id\":\"", p2[] = "\",\"event_type\":\"";
+    size_t tl = strlen(type), need = sizeof(p1) - 1 + EVENT_UUID_LEN + sizeof(p2) - 1 + tl + 2;
+    const char *v = m->value;
+    if (m->value_len < need || memcmp(v, p1, sizeof(p1) - 1) != 0)
+        return -1;
+    v += sizeof(p1) - 1;
+    if (memcmp(v, id, EVENT_UUID_LEN) != 0)
+        return -1;
+    v += EVENT_UUID_LEN;
+    if (memcmp(v, p2, sizeof(p2) - 1) != 0)
+        return -1;
+    v += sizeof(p2) - 1;
+    if (memcmp(v, type, tl) != 0 || v[tl] != '"' || m->value[m->value_len - 1] != '}')
+        return -1;
+    memcpy(ev->event_id, id, sizeof(ev->event_id));
+    memcpy(ev->event_type, type, tl + 1);
+    ev->occurred_ms = ms;
+    ev->data = NULL;
+    ev->correlation_id = xstrdup(cid);
+    ev->causation_id = xstrdup(cause);
+    ev->source = xstrdup(source);
+    ev->metadata_extra = NULL;
+    return 0;
+}
+
 static void run_retention(bus_producer *p)
 {
     char err[256];

@@ -20,6 +20,8 @@
 #ifndef HERALD_BUS_H
 #define HERALD_BUS_H
 
+#include "event/event.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -70,6 +72,33 @@ typedef struct bus_message {
  * message) when present, else 0.
  */
 int bus_message_header(const bus_message *m, const char *name, const char **value, size_t *len);
+
+/*
+ * Envelope headers: every record herald publishes carries its envelope's
+ * attributes as CloudEvents binary-mode headers (the same the Kafka backend
+ * sends): ce_specversion "1.0", ce_id, ce_type, ce_source, ce_time,
+ * ce_correlationid, ce_causationid, content-type "application/json". The
+ * value stays the whole envelope. Consumers use the headers to route and
+ * de-duplicate a record without parsing its JSON.
+ */
+#define BUS_ENVELOPE_HEADERS 8
+
+/*
+ * Fill out[] with ev's envelope headers; values point into ev and into
+ * timebuf (which must outlive out). Returns the number of headers.
+ */
+size_t bus_envelope_headers(const event *ev, bus_header out[BUS_ENVELOPE_HEADERS],
+                            char timebuf[EVENT_TIME_LEN + 1]);
+
+/*
+ * Fill ev's ids, type, time and metadata (data stays NULL) from m's envelope
+ * headers, when they are all present and valid and match the value's first
+ * bytes as herald encodes them ({"event_id":"<ce_id>","event_type":
+ * "<ce_type>",...}), so headers cannot describe another record's value.
+ * Returns 0, or -1 (ev left EVENT_INIT) when the record must be decoded in
+ * full with event_decode().
+ */
+int bus_envelope_from_headers(const bus_message *m, event *ev);
 
 /* ---- configuration ---------------------------------------------------- */
 

@@ -106,33 +106,22 @@ static void parse_entry(const bus_message *m, dlq_entry *e)
     }
 }
 
-/* 1 if a row answers sql(?1, ?2[, ?3]); 0 if not or the table is missing. */
-static int row_exists(sqlite3 *db, const char *sql, const char *a, const char *b, int64_t c)
+static int replayed(sqlite3 *db, const dlq_entry *e)
 {
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        return 0;
-    sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
-    if (b)
-        sqlite3_bind_text(st, 2, b, -1, SQLITE_STATIC);
-    else
-        sqlite3_bind_int64(st, 2, c);
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM dlq_replays WHERE dlq_topic = ?1 AND dlq_offset = ?2",
+                           -1, &st, NULL) != SQLITE_OK)
+        return 0; /* nothing was ever replayed here */
+    sqlite3_bind_text(st, 1, e->m->topic, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, e->m->offset);
     int found = sqlite3_step(st) == SQLITE_ROW;
     sqlite3_finalize(st);
     return found;
 }
 
-static int replayed(sqlite3 *db, const dlq_entry *e)
-{
-    return row_exists(db, "SELECT 1 FROM dlq_replays WHERE dlq_topic = ?1 AND dlq_offset = ?2",
-                      e->m->topic, NULL, e->m->offset);
-}
-
 static int handled(sqlite3 *db, const dlq_entry *e)
 {
-    return e->event_id[0] &&
-           row_exists(db, "SELECT 1 FROM agent_processed WHERE group_name = ?1 AND event_id = ?2",
-                      e->group, e->event_id, 0);
+    return e->event_id[0] && runtime_event_handled(db, e->group, e->event_id);
 }
 
 static void print_entry(sqlite3 *db, const dlq_entry *e, int json)

@@ -114,7 +114,11 @@ int cmd_publish(int argc, char **argv, herald_config *cfg)
         fprintf(stderr, "herald publish: %s\n", err);
         goto out;
     }
+    bus_header headers[BUS_ENVELOPE_HEADERS];
+    char timebuf[EVENT_TIME_LEN + 1];
     bus_record rec = BUS_RECORD_INIT;
+    rec.headers = headers;
+    rec.header_count = bus_envelope_headers(&ev, headers, timebuf);
     rec.topic = topic;
     rec.key = key;
     rec.key_len = key ? strlen(key) : 0;

@@ -3,10 +3,13 @@
  *
  * One round (agent_runtime_step):
  *   1. poll a batch from the agent's consumer group;
- *   2. for each record, in order: decode the envelope (undecodable: a dead
- *      letter), skip types the agent does not handle, drop duplicates (the
- *      group already handled this event_id: agent_processed table, or
- *      earlier in this batch), call the handler with retries and backoff;
+ *   2. classify the batch without side effects: read each envelope (from
+ *      the record's CloudEvents headers when it has them and the handler
+ *      needs no data, else by decoding the JSON; undecodable: a dead
+ *      letter), skip types the agent does not handle, and look the rest up
+ *      in the de-duplication table (agent_processed) in one read
+ *      transaction; then, in order, call the handler with retries and
+ *      backoff (a second copy in the same batch is a duplicate too);
  *      handlers marked in_transaction are deferred to step 4;
  *   3. before_commit hook (the audit agent's fsync);
  *   4. one transaction on the event log: the deferred handlers (each in a
@@ -64,8 +67,8 @@ typedef struct pending_record {
     char *key;
     char *value;
     size_t value_len;
-    bus_header headers[6];
-    char *header_values[6];
+    bus_header headers[BUS_ENVELOPE_HEADERS + 6];
+    char *header_values[BUS_ENVELOPE_HEADERS + 6];
     size_t header_count;
 } pending_record;
 
@@ -84,6 +87,14 @@ struct agent_ctx {
     size_t emit_mark;       /* rt->emits.count when this attempt started */
 };
 
+/* What the first pass over a batch found out about a record. */
+enum record_state {
+    RECORD_SKIP,      /* a type the agent does not handle */
+    RECORD_INVALID,   /* not a valid envelope: a dead letter */
+    RECORD_DUPLICATE, /* already handled by the group */
+    RECORD_HANDLE     /* to be handled */
+};
+
 struct agent_runtime {
     agent_def def;
     runtime_retry retry;
@@ -91,14 +102,22 @@ struct agent_runtime {
     bus_log *log;
     sqlite3 *db;
     sqlite3_stmt *seen, *mark, *purge;
+    int64_t group_id; /* agent_groups.id of def.group */
     int64_t dedup_keep_ms, next_purge_ms;
 
-    record_list emits, dead, processed; /* processed: topic = event_id */
-    /* event ids handled in this batch: open addressing over rt->processed */
+    record_list emits, dead;
+    /* ids of the events handled in this batch (pointing into rt->events) */
+    const char **handled;
+    size_t handled_count;
+    /* the same, as an open-addressing set of indexes into rt->handled */
     size_t *batch_ids;
     size_t batch_ids_cap;
-    size_t *deferred;       /* indexes of in_transaction records ... */
-    event *deferred_events; /* ... and their decoded events */
+    /* the batch in hand, one slot per record (see agent_runtime_step) */
+    event *events;         /* its envelope (data NULL when read from headers) */
+    unsigned char *states; /* enum record_state */
+    char **reasons;        /* why an invalid record is invalid */
+    size_t batch_count;
+    size_t *deferred; /* indexes of in_transaction records */
     size_t deferred_count;
     int full_batches_without_timers; /* see fire_timers() */
 
@@ -172,7 +191,7 @@ static uint64_t hash_id(const char *s)
     return h;
 }
 
-/* Is event_id among this batch's processed ids? (add: insert index idx) */
+/* Is event_id among this batch's handled ids? (add: insert index idx) */
 static int batch_seen(agent_runtime *rt, const char *id, size_t add_idx, int add)
 {
     if (rt->batch_ids_cap == 0)
@@ -185,15 +204,49 @@ static int batch_seen(agent_runtime *rt, const char *id, size_t add_idx, int add
                 rt->batch_ids[i] = add_idx + 1;
             return 0;
         }
-        if (strcmp(rt->processed.items[slot - 1].topic, id) == 0)
+        if (strcmp(rt->handled[slot - 1], id) == 0)
             return 1;
     }
 }
 
+static int hex_value(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c - 'A' + 10;
+}
+
+void runtime_uuid_bytes(const char *uuid, unsigned char out[16])
+{
+    /* 8-4-4-4-12: the dashes are at 8, 13, 18 and 23 */
+    static const unsigned char at[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
+    for (int i = 0; i < 16; i++)
+        out[i] = (unsigned char)(hex_value(uuid[at[i]]) << 4 | hex_value(uuid[at[i] + 1]));
+}
+
+int runtime_event_handled(sqlite3 *db, const char *group, const char *event_id)
+{
+    if (!event_uuid_valid(event_id))
+        return 0;
+    unsigned char bytes[16];
+    runtime_uuid_bytes(event_id, bytes);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT 1 FROM agent_handled h JOIN agent_groups g ON g.id = h.group_id"
+                           " WHERE g.name = ?1 AND h.event_id = ?2",
+                           -1, &st, NULL) != SQLITE_OK)
+        return 0; /* no agent ever ran here */
+    sqlite3_bind_text(st, 1, group, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, bytes, sizeof(bytes), SQLITE_STATIC);
+    int found = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    return found;
+}
+
 static int db_seen(agent_runtime *rt, const char *id, int *seen, char *err, size_t errlen)
 {
-    sqlite3_bind_text(rt->seen, 1, rt->def.group, -1, SQLITE_STATIC);
-    sqlite3_bind_text(rt->seen, 2, id, -1, SQLITE_STATIC);
+    unsigned char bytes[16];
+    runtime_uuid_bytes(id, bytes);
+    sqlite3_bind_int64(rt->seen, 1, rt->group_id);
+    sqlite3_bind_blob(rt->seen, 2, bytes, sizeof(bytes), SQLITE_STATIC);
     int rc = sqlite3_step(rt->seen);
     *seen = rc == SQLITE_ROW;
     sqlite3_reset(rt->seen);
@@ -238,6 +291,11 @@ static int emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
     r->topic = xstrdup(topic);
     r->key = key ? xstrdup(key) : NULL;
     r->value = event_encode(&ev, &r->value_len);
+    bus_header h[BUS_ENVELOPE_HEADERS];
+    char timebuf[EVENT_TIME_LEN + 1];
+    size_t nh = bus_envelope_headers(&ev, h, timebuf);
+    for (size_t i = 0; i < nh; i++)
+        record_header(r, h[i].name, h[i].value);
     if (out_id)
         memcpy(out_id, ev.event_id, EVENT_UUID_LEN + 1);
     LOG_DEBUG_CID(ev.correlation_id, "%s: emitted %s [%s] caused by %s", rt->def.name, type,
@@ -318,19 +376,56 @@ static int prepare(agent_runtime *rt, const char *sql, sqlite3_stmt **stmt, char
     return 0;
 }
 
+/*
+ * De-duplication records: one row per (group, handled event), keyed by a
+ * small group number and the event id's 16 bytes so that the lookup done
+ * for every record compares few bytes. The view agent_processed shows them
+ * with names and text ids, for people and tests.
+ */
+#define RUNTIME_SCHEMA                                                                             \
+    "CREATE TABLE IF NOT EXISTS agent_groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);" \
+    "CREATE TABLE IF NOT EXISTS agent_handled (group_id INTEGER NOT NULL,"                         \
+    " event_id BLOB NOT NULL, handled_ms INTEGER NOT NULL,"                                        \
+    " PRIMARY KEY (group_id, event_id)) WITHOUT ROWID;"                                            \
+    "CREATE VIEW IF NOT EXISTS agent_processed (group_name, event_id, handled_ms) AS"              \
+    " SELECT g.name, lower(substr(hex(h.event_id), 1, 8) || '-' || substr(hex(h.event_id), 9, 4)"  \
+    " || '-' || substr(hex(h.event_id), 13, 4) || '-' || substr(hex(h.event_id), 17, 4) || '-'"    \
+    " || substr(hex(h.event_id), 21)), h.handled_ms"                                               \
+    " FROM agent_handled h JOIN agent_groups g ON g.id = h.group_id;"
+
 static int create_tables(agent_runtime *rt, char *err, size_t errlen)
 {
     if (bus_log_begin(rt->log, err, errlen) != 0)
         return -1;
     char *msg = NULL;
-    if (sqlite3_exec(rt->db,
-                     "CREATE TABLE IF NOT EXISTS agent_processed ("
-                     " group_name TEXT NOT NULL, event_id TEXT NOT NULL,"
-                     " processed_ms INTEGER NOT NULL,"
-                     " PRIMARY KEY (group_name, event_id)) WITHOUT ROWID",
-                     NULL, NULL, &msg) != SQLITE_OK) {
+    if (sqlite3_exec(rt->db, RUNTIME_SCHEMA, NULL, NULL, &msg) != SQLITE_OK) {
         util_error(err, errlen, "cannot create the de-duplication table: %s", msg);
         sqlite3_free(msg);
+        bus_log_rollback(rt->log);
+        return -1;
+    }
+    sqlite3_stmt *st = NULL;
+    int ok = sqlite3_prepare_v2(rt->db, "INSERT OR IGNORE INTO agent_groups (name) VALUES (?1)", -1,
+                                &st, NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(st, 1, rt->def.group, -1, SQLITE_STATIC);
+        ok = sqlite3_step(st) == SQLITE_DONE;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (ok)
+        ok = sqlite3_prepare_v2(rt->db, "SELECT id FROM agent_groups WHERE name = ?1", -1, &st,
+                                NULL) == SQLITE_OK;
+    if (ok) {
+        sqlite3_bind_text(st, 1, rt->def.group, -1, SQLITE_STATIC);
+        ok = sqlite3_step(st) == SQLITE_ROW;
+        if (ok)
+            rt->group_id = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    if (!ok) {
+        util_error(err, errlen, "cannot register group '%s': %s", rt->def.group,
+                   sqlite3_errmsg(rt->db));
         bus_log_rollback(rt->log);
         return -1;
     }
@@ -341,7 +436,7 @@ static void purge_processed(agent_runtime *rt)
 {
     int64_t now = util_now_ms();
     rt->next_purge_ms = now + PURGE_INTERVAL_MS;
-    sqlite3_bind_text(rt->purge, 1, rt->def.group, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(rt->purge, 1, rt->group_id);
     sqlite3_bind_int64(rt->purge, 2, now - rt->dedup_keep_ms);
     if (sqlite3_step(rt->purge) != SQLITE_DONE)
         LOG_WARN("%s: cannot purge old de-duplication records: %s", rt->def.name,
@@ -393,14 +488,14 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
     rt->db = bus_log_db(rt->log);
     rt->dedup_keep_ms = cfg->retention_ms > 0 ? cfg->retention_ms : DEFAULT_DEDUP_KEEP_MS;
     if (create_tables(rt, why, sizeof(why)) != 0 ||
-        prepare(rt, "SELECT 1 FROM agent_processed WHERE group_name = ?1 AND event_id = ?2",
-                &rt->seen, why, sizeof(why)) != 0 ||
+        prepare(rt, "SELECT 1 FROM agent_handled WHERE group_id = ?1 AND event_id = ?2", &rt->seen,
+                why, sizeof(why)) != 0 ||
         prepare(rt,
-                "INSERT OR IGNORE INTO agent_processed (group_name, event_id, processed_ms)"
+                "INSERT OR IGNORE INTO agent_handled (group_id, event_id, handled_ms)"
                 " VALUES (?1, ?2, ?3)",
                 &rt->mark, why, sizeof(why)) != 0 ||
-        prepare(rt, "DELETE FROM agent_processed WHERE group_name = ?1 AND processed_ms < ?2",
-                &rt->purge, why, sizeof(why)) != 0) {
+        prepare(rt, "DELETE FROM agent_handled WHERE group_id = ?1 AND handled_ms < ?2", &rt->purge,
+                why, sizeof(why)) != 0) {
         util_error(err, errlen, "agent '%s': %s", def->name, why);
         goto fail;
     }
@@ -414,7 +509,10 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
         rt->batch_ids_cap *= 2;
     rt->batch_ids = xcalloc(rt->batch_ids_cap, sizeof(*rt->batch_ids));
     rt->deferred = xcalloc(rt->def.max_batch, sizeof(*rt->deferred));
-    rt->deferred_events = xcalloc(rt->def.max_batch, sizeof(*rt->deferred_events));
+    rt->events = xcalloc(rt->def.max_batch, sizeof(*rt->events));
+    rt->handled = xcalloc(rt->def.max_batch, sizeof(*rt->handled));
+    rt->states = xcalloc(rt->def.max_batch, sizeof(*rt->states));
+    rt->reasons = xcalloc(rt->def.max_batch, sizeof(*rt->reasons));
     return rt;
 fail:
     agent_runtime_close(rt);
@@ -425,11 +523,15 @@ static void clear_batch(agent_runtime *rt)
 {
     record_truncate(&rt->emits, 0);
     record_truncate(&rt->dead, 0);
-    record_truncate(&rt->processed, 0);
+    rt->handled_count = 0;
     if (rt->batch_ids)
         memset(rt->batch_ids, 0, rt->batch_ids_cap * sizeof(*rt->batch_ids));
-    for (size_t i = 0; i < rt->deferred_count; i++)
-        event_release(&rt->deferred_events[i]);
+    for (size_t i = 0; i < rt->batch_count; i++) {
+        event_release(&rt->events[i]);
+        free(rt->reasons[i]);
+        rt->reasons[i] = NULL;
+    }
+    rt->batch_count = 0;
     rt->deferred_count = 0;
 }
 
@@ -440,10 +542,12 @@ void agent_runtime_close(agent_runtime *rt)
     clear_batch(rt);
     free(rt->emits.items);
     free(rt->dead.items);
-    free(rt->processed.items);
+    free(rt->handled);
     free(rt->batch_ids);
     free(rt->deferred);
-    free(rt->deferred_events);
+    free(rt->events);
+    free(rt->states);
+    free(rt->reasons);
     sqlite3_finalize(rt->seen);
     sqlite3_finalize(rt->mark);
     sqlite3_finalize(rt->purge);
@@ -517,11 +621,11 @@ static void dead_letter(agent_runtime *rt, const bus_message *m, const char *cid
                   reason);
 }
 
+/* event_id must stay valid until clear_batch() (it points into rt->events). */
 static void mark_processed(agent_runtime *rt, const char *event_id)
 {
-    pending_record *r = record_add(&rt->processed);
-    r->topic = xstrdup(event_id);
-    batch_seen(rt, event_id, rt->processed.count - 1, 1);
+    rt->handled[rt->handled_count] = event_id;
+    batch_seen(rt, event_id, rt->handled_count++, 1);
 }
 
 static int64_t backoff_ms(const agent_runtime *rt, int attempt)
@@ -653,15 +757,18 @@ static int commit_batch(agent_runtime *rt, const bus_message *msgs, char *err, s
     if (bus_log_begin(rt->log, err, errlen) != 0)
         return -1;
     for (size_t i = 0; i < rt->deferred_count; i++)
-        if (run_deferred(rt, &msgs[rt->deferred[i]], &rt->deferred_events[i], err, errlen) != 0)
+        if (run_deferred(rt, &msgs[rt->deferred[i]], &rt->events[rt->deferred[i]], err, errlen) !=
+            0)
             goto fail;
     if (append_list(rt, &rt->emits, err, errlen) != 0 ||
         append_list(rt, &rt->dead, err, errlen) != 0)
         goto fail;
     int64_t now = util_now_ms();
-    for (size_t i = 0; i < rt->processed.count; i++) {
-        sqlite3_bind_text(rt->mark, 1, rt->def.group, -1, SQLITE_STATIC);
-        sqlite3_bind_text(rt->mark, 2, rt->processed.items[i].topic, -1, SQLITE_STATIC);
+    for (size_t i = 0; i < rt->handled_count; i++) {
+        unsigned char bytes[16];
+        runtime_uuid_bytes(rt->handled[i], bytes);
+        sqlite3_bind_int64(rt->mark, 1, rt->group_id);
+        sqlite3_bind_blob(rt->mark, 2, bytes, sizeof(bytes), SQLITE_STATIC);
         sqlite3_bind_int64(rt->mark, 3, now);
         int rc = sqlite3_step(rt->mark);
         sqlite3_reset(rt->mark);
@@ -719,6 +826,60 @@ static int fire_timers(agent_runtime *rt, size_t polled, char *err, size_t errle
     return 0;
 }
 
+/*
+ * First pass over a batch, without side effects: read each record's
+ * envelope (from its headers when it has them and the handler needs no
+ * data, else by decoding the JSON), sort out other types and invalid
+ * records, and look every candidate up in the de-duplication table in ONE
+ * read transaction (one lock of the log instead of one per record).
+ */
+static int classify_batch(agent_runtime *rt, const bus_message *msgs, size_t n, char *err,
+                          size_t errlen)
+{
+    size_t candidates = 0;
+    char why[512];
+    rt->batch_count = n;
+    for (size_t i = 0; i < n; i++) {
+        const bus_message *m = &msgs[i];
+        event *ev = &rt->events[i];
+        *ev = (event)EVENT_INIT;
+        int from_headers = bus_envelope_from_headers(m, ev) == 0;
+        if (from_headers && !wants_type(rt, ev->event_type)) {
+            rt->states[i] = RECORD_SKIP;
+            continue;
+        }
+        if (from_headers && !rt->def.raw_events) {
+            event_release(ev);
+            from_headers = 0;
+        }
+        if (!from_headers && event_decode(ev, m->value, m->value_len, why, sizeof(why)) != 0) {
+            size_t len = strlen(why) + 32;
+            rt->reasons[i] = xmalloc(len);
+            snprintf(rt->reasons[i], len, "invalid envelope: %s", why);
+            rt->states[i] = RECORD_INVALID;
+            continue;
+        }
+        rt->states[i] = wants_type(rt, ev->event_type) ? RECORD_HANDLE : RECORD_SKIP;
+        candidates += rt->states[i] == RECORD_HANDLE;
+    }
+    if (candidates == 0)
+        return 0;
+    if (exec_sql(rt, "BEGIN", err, errlen) != 0)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        int seen = 0;
+        if (rt->states[i] != RECORD_HANDLE)
+            continue;
+        if (db_seen(rt, rt->events[i].event_id, &seen, err, errlen) != 0) {
+            exec_sql(rt, "ROLLBACK", why, sizeof(why));
+            return -1;
+        }
+        if (seen)
+            rt->states[i] = RECORD_DUPLICATE;
+    }
+    return exec_sql(rt, "COMMIT", err, errlen);
+}
+
 int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char *err, size_t errlen)
 {
     const bus_message *msgs;
@@ -740,47 +901,44 @@ int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char 
     if (records)
         *records = n;
     clear_batch(rt);
+    if (classify_batch(rt, msgs, n, err, errlen) != 0) {
+        seek_back(rt, msgs, 0, n);
+        clear_batch(rt);
+        return -1;
+    }
     uint64_t skipped = 0, duplicates = 0;
     size_t done = 0; /* records settled so far */
     int stopped = 0;
-    char why[512];
     for (; done < n && !stopped; done++) {
         const bus_message *m = &msgs[done];
-        event ev = EVENT_INIT;
-        if (event_decode(&ev, m->value, m->value_len, why, sizeof(why)) != 0) {
-            char reason[600];
-            snprintf(reason, sizeof(reason), "invalid envelope: %s", why);
-            dead_letter(rt, m, NULL, reason, 0);
-            continue;
-        }
-        int seen = 0;
-        if (!wants_type(rt, ev.event_type)) {
+        event *ev = &rt->events[done];
+        switch ((enum record_state)rt->states[done]) {
+        case RECORD_SKIP:
             skipped++;
-        } else if (!batch_seen(rt, ev.event_id, 0, 0) &&
-                   db_seen(rt, ev.event_id, &seen, err, errlen) != 0) {
-            /* the de-duplication lookup failed: read this record again later */
-            LOG_ERROR("%s: %s", rt->def.name, err);
-            event_release(&ev);
-            seek_back(rt, msgs, done, n);
-            n = done;
             break;
-        } else if (seen || batch_seen(rt, ev.event_id, 0, 0)) {
+        case RECORD_INVALID:
+            dead_letter(rt, m, NULL, rt->reasons[done], 0);
+            break;
+        case RECORD_DUPLICATE:
             duplicates++;
-            LOG_DEBUG_CID(ev.correlation_id, "%s: %s [%s] already handled by group %s, dropped",
-                          rt->def.name, ev.event_type, ev.event_id, rt->def.group);
-        } else if (rt->def.in_transaction) {
-            rt->deferred[rt->deferred_count] = done;
-            rt->deferred_events[rt->deferred_count++] = ev; /* moved: released by clear_batch */
-            continue;
-        } else if (handle_with_retries(rt, m, &ev) != 0) {
-            stopped = 1;
-            done--; /* this record is not settled */
+            LOG_DEBUG_CID(ev->correlation_id, "%s: %s [%s] already handled by group %s, dropped",
+                          rt->def.name, ev->event_type, ev->event_id, rt->def.group);
+            break;
+        case RECORD_HANDLE:
+            if (batch_seen(rt, ev->event_id, 0, 0))
+                duplicates++; /* a second copy in this batch */
+            else if (rt->def.in_transaction)
+                rt->deferred[rt->deferred_count++] = done;
+            else if (handle_with_retries(rt, m, ev) != 0) {
+                stopped = 1;
+                done--; /* this record is not settled */
+            }
+            break;
         }
-        event_release(&ev);
     }
     if (done < n)
         seek_back(rt, msgs, done, n);
-    if (rt->def.before_commit && rt->processed.count > 0 &&
+    if (rt->def.before_commit && rt->handled_count > 0 &&
         rt->def.before_commit(rt->def.state, err, errlen) != 0) {
         seek_back(rt, msgs, 0, done);
         clear_batch(rt);
@@ -792,7 +950,7 @@ int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char 
         return -1;
     }
     pthread_mutex_lock(&rt->stats_lock);
-    rt->stats.handled += rt->processed.count;
+    rt->stats.handled += rt->handled_count;
     rt->stats.dead_lettered += rt->dead.count;
     rt->stats.emitted += rt->emits.count;
     rt->stats.skipped += skipped;

@@ -128,6 +128,12 @@ typedef struct agent_def {
      * AGENT_RETRY it writes a short reason into reason[reasonlen]. */
     agent_outcome (*handle)(void *state, agent_ctx *ctx, const event *ev, char *reason,
                             size_t reasonlen);
+    /* 1: the handler needs no data: for records that carry the envelope
+     * headers (bus.h; everything herald publishes) the event it gets has
+     * ids, type, time and metadata but data NULL, and the JSON is never
+     * parsed (the raw value is agent_ctx_message()->value). Records
+     * without the headers are decoded in full as usual. */
+    int raw_events;
     /* 1: handle() runs inside the batch transaction (agent_ctx_db() is open;
      * each call is wrapped in a savepoint that is rolled back if it does not
      * return AGENT_OK). It must be quick and local: no network. AGENT_RETRY
@@ -153,7 +159,7 @@ typedef struct agent_def {
 } agent_def;
 
 /* clang-format off */
-#define AGENT_DEF_INIT { NULL, NULL, NULL, 0, NULL, NULL, 0, 0, NULL, 0, \
+#define AGENT_DEF_INIT { NULL, NULL, NULL, 0, NULL, NULL, 0, 0, NULL, 0, 0, \
                          NULL, NULL, NULL, NULL, NULL, NULL }
 /* clang-format on */
 
@@ -215,6 +221,13 @@ void agent_runtime_stats(agent_runtime *rt, runtime_stats *out);
 
 /* The agent's name. */
 const char *agent_runtime_name(const agent_runtime *rt);
+
+/* 1 if group has handled event_id (its de-duplication record exists) in the
+ * state database db, else 0 (also when no agent ever ran there). */
+int runtime_event_handled(sqlite3 *db, const char *group, const char *event_id);
+
+/* The 16 bytes of a UUID in text form; uuid must pass event_uuid_valid(). */
+void runtime_uuid_bytes(const char *uuid, unsigned char out[16]);
 
 /* Close the consumer and the database and destroy the agent's state.
  * NULL is a no-op. */

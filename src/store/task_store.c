@@ -98,6 +98,7 @@ void store_request_release(store_request *req)
 {
     free(req->prepared_event);
     req->prepared_event = NULL;
+    event_release(&req->prepared_meta);
     task_release(&req->result);
     free(req->replay_body);
     req->replay_body = NULL;
@@ -194,8 +195,8 @@ static void set_time(json_t *o, const char *key, int64_t ms)
     json_object_set_new(o, key, json_string(buf));
 }
 
-static int append_event(task_store *s, store_request *req, const char *value, size_t len,
-                        int64_t seq);
+static int append_event(task_store *s, store_request *req, const event *ev, const char *value,
+                        size_t len, int64_t seq);
 
 /*
  * Build the event for a change and write it to the log and to
@@ -215,18 +216,23 @@ static int writer_publish(task_store *s, store_request *req, const char *type, c
     size_t len;
     char *value = event_encode(&ev, &len);
     util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));
+    rc = append_event(s, req, &ev, value, len, seq);
     event_release(&ev);
-    rc = append_event(s, req, value, len, seq);
     free(value);
     return rc;
 }
 
-/* Append an encoded event of req's task to the log and to task_events. */
-static int append_event(task_store *s, store_request *req, const char *value, size_t len,
-                        int64_t seq)
+/* Append an encoded event of req's task (with ev's envelope headers) to the
+ * log and to task_events. */
+static int append_event(task_store *s, store_request *req, const event *ev, const char *value,
+                        size_t len, int64_t seq)
 {
     int rc;
+    bus_header headers[BUS_ENVELOPE_HEADERS];
+    char timebuf[EVENT_TIME_LEN + 1];
     bus_record rec = BUS_RECORD_INIT;
+    rec.headers = headers;
+    rec.header_count = bus_envelope_headers(ev, headers, timebuf);
     rec.topic = TASK_TOPIC;
     rec.key = req->task_id;
     rec.key_len = strlen(req->task_id);
@@ -297,7 +303,10 @@ int store_prepare_create(store_request *req, char *err, size_t errlen)
     free(req->prepared_event);
     req->prepared_event = event_encode(&ev, &req->prepared_event_len);
     util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));
-    event_release(&ev);
+    json_decref(ev.data); /* the writer needs only the ids and metadata */
+    ev.data = NULL;
+    event_release(&req->prepared_meta);
+    req->prepared_meta = ev;
     return 0;
 }
 
@@ -312,7 +321,8 @@ static int op_create(task_store *s, store_request *req)
         return -1;
     }
     int rc = req->prepared_event
-                 ? append_event(s, req, req->prepared_event, req->prepared_event_len, t.version)
+                 ? append_event(s, req, &req->prepared_meta, req->prepared_event,
+                                req->prepared_event_len, t.version)
                  : writer_publish(s, req, "task.created", "create", created_data(&t), t.version);
     req->result = t;
     req->outcome = STORE_DONE;

@@ -64,9 +64,10 @@ typedef struct store_request {
     task input;           /* create: title, description, owner_id, priority, due_ms (borrowed) */
     char *prepared_event; /* create: the encoded task.created (store_prepare_create) */
     size_t prepared_event_len;
-    json_t *patch;    /* update: object of validated new values (title, description,
-                         owner_id, priority, due_at as "…Z" text or null); borrowed */
-    int64_t if_match; /* 0: no precondition */
+    event prepared_meta; /* create: its ids and metadata (data NULL), for the headers */
+    json_t *patch;       /* update: object of validated new values (title, description,
+                            owner_id, priority, due_at as "…Z" text or null); borrowed */
+    int64_t if_match;    /* 0: no precondition */
     const char *correlation_id;
     const char *idempotency_key; /* NULL: none */
     const char *request_hash;    /* with idempotency_key: hash of method, path and body */

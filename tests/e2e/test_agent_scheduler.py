@@ -291,7 +291,8 @@ def test_duplicates_and_redelivery_do_not_schedule_twice(procs, data_dir, herald
     db = sqlite3.connect(str(data_dir / "bus.db"), timeout=30)
     with db:
         db.execute("UPDATE offsets SET next_offset = 1 WHERE group_name = 'scheduler'")
-        db.execute("DELETE FROM agent_processed WHERE group_name = 'scheduler'")
+        db.execute("DELETE FROM agent_handled WHERE group_id = "
+                   "(SELECT id FROM agent_groups WHERE name = 'scheduler')")
     db.close()
     sched2 = start_scheduler(procs)
     # handled again: wait until the group caught up with the log

@@ -13,6 +13,7 @@
 #include "bus/sqlite_log.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "event/event.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -336,6 +337,82 @@ static void test_pattern_subscription_finds_new_topics(void **state)
     assert_true(strstr(v, "e1") && strstr(v, "t2"));
     assert_null(strstr(v, "no"));
     bus_consumer_close(c);
+}
+
+/* A message as the consumer returns it: value plus encoded headers. */
+static bus_message message_of(const char *value, const bus_header *h, size_t nh,
+                              unsigned char **blob)
+{
+    bus_message m;
+    memset(&m, 0, sizeof(m));
+    m.value = value;
+    m.value_len = strlen(value);
+    *blob = bus_headers_encode(h, nh, &m.headers_len);
+    m.headers = *blob;
+    return m;
+}
+
+static void test_envelope_headers_describe_the_event(void **state)
+{
+    char err[256];
+    event ev = EVENT_INIT;
+    json_t *data = json_pack("{s:s}", "task_id", "t-1");
+    assert_int_equal(event_build(&ev, "task.created", data, "req-1", "api-create-t-1", "task-api",
+                                 err, sizeof(err)),
+                     0);
+    json_decref(data);
+    char *value = event_encode(&ev, NULL);
+    bus_header h[BUS_ENVELOPE_HEADERS];
+    char timebuf[EVENT_TIME_LEN + 1];
+    assert_int_equal(bus_envelope_headers(&ev, h, timebuf), BUS_ENVELOPE_HEADERS);
+    unsigned char *blob;
+    bus_message m = message_of(value, h, BUS_ENVELOPE_HEADERS, &blob);
+    const char *v;
+    size_t len;
+    assert_int_equal(bus_message_header(&m, "ce_specversion", &v, &len), 1);
+    assert_memory_equal(v, "1.0", 3);
+    assert_int_equal(bus_message_header(&m, "content-type", &v, &len), 1);
+    assert_memory_equal(v, "application/json", len);
+
+    event back = EVENT_INIT;
+    assert_int_equal(bus_envelope_from_headers(&m, &back), 0);
+    assert_string_equal(back.event_id, ev.event_id);
+    assert_string_equal(back.event_type, "task.created");
+    assert_int_equal(back.occurred_ms, ev.occurred_ms);
+    assert_string_equal(back.correlation_id, "req-1");
+    assert_string_equal(back.causation_id, "api-create-t-1");
+    assert_string_equal(back.source, "task-api");
+    assert_null(back.data);
+    event_release(&back);
+    free(blob);
+
+    /* headers that do not describe the value are not trusted */
+    char *other = xstrdup(value);
+    other[14] = other[14] == 'a' ? 'b' : 'a'; /* another event_id */
+    m = message_of(other, h, BUS_ENVELOPE_HEADERS, &blob);
+    assert_int_equal(bus_envelope_from_headers(&m, &back), -1);
+    free(blob);
+    /* a value in another key order (another producer) is decoded in full */
+    m = message_of("{\"event_type\":\"task.created\"}", h, BUS_ENVELOPE_HEADERS, &blob);
+    assert_int_equal(bus_envelope_from_headers(&m, &back), -1);
+    free(blob);
+    /* a missing or bad header, no headers at all */
+    m = message_of(value, h, BUS_ENVELOPE_HEADERS - 3, &blob); /* no correlation, causation */
+    assert_int_equal(bus_envelope_from_headers(&m, &back), -1);
+    free(blob);
+    bus_header bad[BUS_ENVELOPE_HEADERS];
+    memcpy(bad, h, sizeof(bad));
+    bad[5].value = "req\n1";
+    bad[5].value_len = 5;
+    m = message_of(value, bad, BUS_ENVELOPE_HEADERS, &blob);
+    assert_int_equal(bus_envelope_from_headers(&m, &back), -1);
+    free(blob);
+    m = message_of(value, NULL, 0, &blob);
+    assert_int_equal(bus_envelope_from_headers(&m, &back), -1);
+    free(blob);
+    free(other);
+    free(value);
+    event_release(&ev);
 }
 
 static void test_headers_round_trip(void **state)
@@ -698,6 +775,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_crashed_members_group_is_taken_over_at_once, setup,
                                         teardown),
         cmocka_unit_test(test_topic_names),
+        cmocka_unit_test(test_envelope_headers_describe_the_event),
         cmocka_unit_test(test_bad_data_dir_is_reported),
     };
     return cmocka_run_group_tests_name("bus", tests, NULL, NULL);

@@ -228,6 +228,42 @@ static void publish_event(fixture *f, const char *type, const char *mode, char *
     event_release(&ev);
 }
 
+/* As publish_event() with the envelope headers herald's producers add. */
+static void publish_with_headers(fixture *f, const char *type, char *id_out)
+{
+    event ev = EVENT_INIT;
+    char err[256];
+    json_t *data = json_pack("{s:s, s:s}", "task_id", "t-1", "mode", "ok");
+    assert_int_equal(event_build(&ev, type, data, "corr-h", NULL, "test", err, sizeof(err)), 0);
+    json_decref(data);
+    size_t len;
+    char *value = event_encode(&ev, &len);
+    bus_header h[BUS_ENVELOPE_HEADERS];
+    char timebuf[EVENT_TIME_LEN + 1];
+    bus_record r = BUS_RECORD_INIT;
+    r.topic = "task-events";
+    r.value = value;
+    r.value_len = len;
+    r.headers = h;
+    r.header_count = bus_envelope_headers(&ev, h, timebuf);
+    assert_int_equal(bus_produce(f->producer, &r, 1, NULL, err, sizeof(err)), 0);
+    strcpy(id_out, ev.event_id);
+    free(value);
+    event_release(&ev);
+}
+
+static int raw_calls, raw_without_data;
+
+static agent_outcome raw_handle(void *state, agent_ctx *ctx, const event *ev, char *reason,
+                                size_t reasonlen)
+{
+    raw_calls++;
+    raw_without_data += ev->data == NULL;
+    /* the record is there either way */
+    assert_non_null(strstr(agent_ctx_message(ctx)->value, ev->event_id));
+    return AGENT_OK;
+}
+
 static void publish_raw(fixture *f, const char *value)
 {
     char err[256];
@@ -569,6 +605,62 @@ static void test_retry_after_replaces_the_backoff(void **state)
     agent_runtime_close(rt);
 }
 
+static void test_raw_agents_route_by_headers_without_parsing(void **state)
+{
+    fixture *f = *state;
+    agent_def d = make_def(f);
+    d.handle = raw_handle;
+    d.raw_events = 1;
+    agent_runtime *rt = open_rt(f, &d, 3);
+    char first[EVENT_UUID_LEN + 1], plain[EVENT_UUID_LEN + 1], other[EVENT_UUID_LEN + 1];
+    char last[EVENT_UUID_LEN + 1];
+    publish_with_headers(f, "task.created", first);
+    publish_event(f, "task.created", "ok", plain);    /* no headers: parsed */
+    publish_with_headers(f, "task.completed", other); /* not a handled type */
+    publish_with_headers(f, "task.created", last);
+    seen_record recs[8];
+    assert_int_equal(read_topic(f, "task-events", recs, 8), 4);
+    publish_raw(f, recs[0].value); /* the first again, without headers */
+    raw_calls = raw_without_data = 0;
+    step(rt);
+    assert_int_equal(raw_calls, 3); /* first, plain, last */
+    runtime_stats s;
+    agent_runtime_stats(rt, &s);
+    assert_int_equal(s.skipped, 1);
+    assert_int_equal(s.duplicates, 1);     /* the headerless copy of the first */
+    assert_int_equal(raw_without_data, 2); /* first and last were not parsed */
+    assert_int_equal(runtime_event_handled(NULL, "x", "not-a-uuid"), 0);
+    agent_runtime_close(rt);
+}
+
+static void test_handled_events_are_visible_to_tools(void **state)
+{
+    fixture *f = *state;
+    agent_def d = make_def(f);
+    agent_runtime *rt = open_rt(f, &d, 3);
+    char id[EVENT_UUID_LEN + 1], failed[EVENT_UUID_LEN + 1];
+    publish_event(f, "task.created", "ok", id);
+    publish_event(f, "task.created", "fail", failed);
+    step(rt);
+    bus_log *log = bus_log_open(&f->cfg, (char[256]){0}, 256);
+    assert_non_null(log);
+    assert_int_equal(runtime_event_handled(bus_log_db(log), "test-group", id), 1);
+    assert_int_equal(runtime_event_handled(bus_log_db(log), "test-group", failed), 0);
+    assert_int_equal(runtime_event_handled(bus_log_db(log), "other-group", id), 0);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(bus_log_db(log),
+                                        "SELECT group_name, event_id FROM agent_processed", -1, &st,
+                                        NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "test-group");
+    assert_string_equal((const char *)sqlite3_column_text(st, 1), id);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    bus_log_close(log);
+    agent_runtime_close(rt);
+}
+
 static void test_bad_definitions_are_refused(void **state)
 {
     fixture *f = *state;
@@ -602,6 +694,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stop_during_backoff_leaves_the_event_uncommitted,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_retry_after_replaces_the_backoff, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_raw_agents_route_by_headers_without_parsing, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_handled_events_are_visible_to_tools, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_definitions_are_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
