@@ -13,3 +13,7 @@ rm -rf "$build/bench-data"
 echo
 echo "# command: bench/api_bench.py $build --runs $runs"
 /usr/bin/python3 bench/api_bench.py "$build" --runs "$runs"
+echo
+agent_runs=${BENCH_AGENT_RUNS:-3}
+echo "# command: $build/bench/agents_bench --runs $agent_runs"
+"$build/bench/agents_bench" --runs "$agent_runs" --dir "$build/bench-agents"

@@ -11,7 +11,8 @@
  *      transaction; then, in order, call the handler with retries and
  *      backoff (a second copy in the same batch is a duplicate too);
  *      handlers marked in_transaction are deferred to step 4;
- *   3. before_commit hook (the audit agent's fsync);
+ *   3. before_commit hook (the audit agent's fsync), on a second thread
+ *      while step 4 writes its transaction, and finished before COMMIT;
  *   4. one transaction on the event log: the deferred handlers (each in a
  *      savepoint), the derived events, the dead letters, the
  *      de-duplication records and the group's offsets; COMMIT;
@@ -752,10 +753,41 @@ static int run_deferred(agent_runtime *rt, const bus_message *m, const event *ev
 }
 
 /* The batch transaction: deferred handlers, records, dedup rows, offsets. */
+/* The before_commit hook, run on a thread of its own (see commit_batch). */
+typedef struct hook_run {
+    agent_runtime *rt;
+    int rc;
+    char err[512];
+} hook_run;
+
+static void *hook_thread(void *arg)
+{
+    hook_run *h = arg;
+    h->rc = h->rt->def.before_commit(h->rt->def.state, h->err, sizeof(h->err));
+    return NULL;
+}
+
+/*
+ * The batch transaction: deferred handlers, records, dedup rows, offsets.
+ * The agent's before_commit hook (making its side effects durable: the audit
+ * log's write and fdatasync) must finish before COMMIT; it runs on a second
+ * thread while this one writes the transaction, so the two waits overlap.
+ * Not for agents with in-transaction handlers: their hook, if any, runs
+ * first, alone (no call into an agent ever runs concurrently with another).
+ */
 static int commit_batch(agent_runtime *rt, const bus_message *msgs, char *err, size_t errlen)
 {
+    int hook = rt->def.before_commit && rt->handled_count > 0;
+    hook_run run = {rt, 0, ""};
+    pthread_t thread;
+    int concurrent = 0;
+    if (hook && rt->deferred_count == 0)
+        concurrent = pthread_create(&thread, NULL, hook_thread, &run) == 0;
+    if (hook && !concurrent &&
+        (run.rc = rt->def.before_commit(rt->def.state, run.err, sizeof(run.err))) != 0)
+        return util_error(err, errlen, "%s", run.err);
     if (bus_log_begin(rt->log, err, errlen) != 0)
-        return -1;
+        goto fail_open;
     for (size_t i = 0; i < rt->deferred_count; i++)
         if (run_deferred(rt, &msgs[rt->deferred[i]], &rt->events[rt->deferred[i]], err, errlen) !=
             0)
@@ -780,12 +812,23 @@ static int commit_batch(agent_runtime *rt, const bus_message *msgs, char *err, s
     bus_consumer_sqlite *sc = bus_consumer_sqlite_of(rt->consumer);
     if (bus_consumer_sqlite_commit(sc, err, errlen) != 0)
         goto fail;
+    if (concurrent) {
+        pthread_join(thread, NULL);
+        concurrent = 0;
+        if (run.rc != 0) {
+            util_error(err, errlen, "%s", run.err);
+            goto fail;
+        }
+    }
     if (bus_log_commit(rt->log, err, errlen) != 0)
         return -1;
     bus_consumer_sqlite_mark_committed(sc);
     return 0;
 fail:
     bus_log_rollback(rt->log);
+fail_open:
+    if (concurrent)
+        pthread_join(thread, NULL);
     return -1;
 }
 
@@ -938,12 +981,6 @@ int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char 
     }
     if (done < n)
         seek_back(rt, msgs, done, n);
-    if (rt->def.before_commit && rt->handled_count > 0 &&
-        rt->def.before_commit(rt->def.state, err, errlen) != 0) {
-        seek_back(rt, msgs, 0, done);
-        clear_batch(rt);
-        return -1;
-    }
     if (done > 0 && commit_batch(rt, msgs, err, errlen) != 0) {
         seek_back(rt, msgs, 0, done);
         clear_batch(rt);

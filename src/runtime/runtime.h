@@ -143,9 +143,11 @@ typedef struct agent_def {
     /* Optional hooks (NULL when unused). Each returns 0, or -1 with err. */
     /* Once at start with the state database (create tables, load state). */
     int (*setup)(void *state, sqlite3 *db, char *err, size_t errlen);
-    /* After a batch was handled, before its transaction: make side effects
-     * durable (the audit log's fsync). Failure: nothing is committed and the
-     * batch is handled again after a backoff. */
+    /* After a batch was handled, before its transaction commits: make side
+     * effects durable (the audit log's fsync). It runs on another thread
+     * while the runtime writes the batch transaction (never concurrently
+     * with another call into the agent). Failure: nothing is committed and
+     * the batch is handled again after a backoff. */
     int (*before_commit)(void *state, char *err, size_t errlen);
     /* Timers: the wall-clock ms of the next timer, or -1 for none; read after
      * every batch (no transaction open, db readable). */

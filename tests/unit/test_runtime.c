@@ -661,6 +661,43 @@ static void test_handled_events_are_visible_to_tools(void **state)
     agent_runtime_close(rt);
 }
 
+static int hook_calls, hook_failures_left;
+
+static int flaky_before_commit(void *state, char *err, size_t errlen)
+{
+    hook_calls++;
+    if (hook_failures_left > 0) {
+        hook_failures_left--;
+        return util_error(err, errlen, "disk full");
+    }
+    return 0;
+}
+
+static void test_failed_before_commit_commits_nothing(void **state)
+{
+    fixture *f = *state;
+    agent_def d = make_def(f);
+    d.before_commit = flaky_before_commit;
+    agent_runtime *rt = open_rt(f, &d, 3);
+    char id[EVENT_UUID_LEN + 1];
+    publish_event(f, "task.created", "ok", id);
+    hook_calls = 0;
+    hook_failures_left = 1;
+    char err[512] = "";
+    assert_int_equal(agent_runtime_step(rt, 0, NULL, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "disk full"));
+    seen_record out[4];
+    assert_int_equal(read_topic(f, "test-events", out, 4), 0); /* nothing derived */
+    /* the batch is read again and handled again; this time it commits */
+    step(rt);
+    assert_int_equal(calls_for(&f->agent, id), 2);
+    assert_int_equal(hook_calls, 2);
+    assert_int_equal(read_topic(f, "test-events", out, 4), 2);
+    step(rt);
+    assert_int_equal(calls_for(&f->agent, id), 2);
+    agent_runtime_close(rt);
+}
+
 static void test_bad_definitions_are_refused(void **state)
 {
     fixture *f = *state;
@@ -697,6 +734,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_raw_agents_route_by_headers_without_parsing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_handled_events_are_visible_to_tools, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_before_commit_commits_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_definitions_are_refused, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
