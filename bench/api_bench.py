@@ -2,8 +2,9 @@
 """Task API benchmark (make bench): POST /tasks with wrk.
 
 For each server -- a libmicrohttpd server that does no work (the ceiling on
-this machine, bench/noop_server.c) and `herald up` with synchronous=FULL --
-runs wrk at 1 and 32 keep-alive connections, RUNS times each, and prints
+this machine, bench/noop_server.c), `herald api` (the Task API alone) and
+`herald up` (the API and every agent, all handling what wrk creates), both
+with synchronous=FULL -- runs wrk at 1 and 32 keep-alive connections, RUNS times each, and prints
 the median requests/s, p50 and p99 latency, with every run's value. Then
 the resident memory of `herald up` (peak and current). Each herald run
 starts on a fresh data directory.
@@ -83,7 +84,7 @@ def run_server(kind, build, port, data):
         cmd = [os.path.join(build, "bench", "noop_server"), str(port)]
         env = os.environ.copy()
     else:
-        cmd = [os.path.join(build, "herald"), "up"]
+        cmd = [os.path.join(build, "herald"), kind]
         env = dict(os.environ, HERALD_LISTEN=f"127.0.0.1:{port}", HERALD_DATA_DIR=data,
                    HERALD_SYNC="full", HERALD_LOG_LEVEL="warn")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
@@ -105,7 +106,7 @@ def main():
     print(f"# Task API benchmark: wrk POST /tasks, {seconds} s per run, {runs} runs, medians")
     medians = {}
     peak = []
-    for kind in ("noop", "herald"):
+    for kind in ("noop", "api", "up"):
         for conns in (1, 32):
             rps, p50, p99 = [], [], []
             for _ in range(runs):
@@ -114,7 +115,7 @@ def main():
                 proc = run_server(kind, build, port, data)
                 try:
                     r, a, b = wrk(port, conns, seconds)
-                    if kind == "herald" and conns == 32:
+                    if kind == "up" and conns == 32:
                         peak.append(rss_kib(proc.pid))
                 finally:
                     stop(proc)
@@ -126,9 +127,12 @@ def main():
             medians[(kind, conns)] = report(f"{label} requests/s", rps, "req/s")
             report(f"{label} p50", p50, "ms", "{:.2f}")
             report(f"{label} p99", p99, "ms", "{:.2f}")
-    for conns in (1, 32):
-        ratio = medians[("herald", conns)] / medians[("noop", conns)]
-        print(f"herald / no-op ceiling at c={conns}: {ratio:.0%}")
+    for kind in ("api", "up"):
+        for conns in (1, 32):
+            ratio = medians[(kind, conns)] / medians[("noop", conns)]
+            print(f"herald {kind} / no-op ceiling at c={conns}: {ratio:.0%}")
+    # up: the API and every agent (email in .eml mode, slack log-only, audit,
+    # scheduler) handling what wrk creates
     report("herald up peak RSS (VmHWM)", [p[0] / 1024 for p in peak], "MiB", "{:.1f}")
     report("herald up RSS after the run", [p[1] / 1024 for p in peak], "MiB", "{:.1f}")
 

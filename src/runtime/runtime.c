@@ -52,6 +52,8 @@
 #include <unistd.h>
 
 #define DEFAULT_MAX_BATCH 256
+/* Page cache of an agent's connection, in KiB. */
+#define RUNTIME_CACHE_KIB_TEXT "1024"
 /* Longest wait in one poll when no timer is pending (stop wakes it anyway). */
 #define IDLE_POLL_MS 5000
 /* Longest Retry-After honoured, and the delay after a failed round. */
@@ -487,6 +489,9 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
     }
     rt->log = bus_consumer_sqlite_log(sc);
     rt->db = bus_log_db(rt->log);
+    /* an agent reads the newest pages of the log and its own rows: a small
+     * page cache is enough, and `herald up` holds one per agent */
+    sqlite3_exec(rt->db, "PRAGMA cache_size=-" RUNTIME_CACHE_KIB_TEXT, NULL, NULL, NULL);
     rt->dedup_keep_ms = cfg->retention_ms > 0 ? cfg->retention_ms : DEFAULT_DEDUP_KEEP_MS;
     if (create_tables(rt, why, sizeof(why)) != 0 ||
         prepare(rt, "SELECT 1 FROM agent_handled WHERE group_id = ?1 AND event_id = ?2", &rt->seen,
