@@ -492,6 +492,14 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
     /* an agent reads the newest pages of the log and its own rows: a small
      * page cache is enough, and `herald up` holds one per agent */
     sqlite3_exec(rt->db, "PRAGMA cache_size=-" RUNTIME_CACHE_KIB_TEXT, NULL, NULL, NULL);
+    /* An agent's commit needs no fsync of its own: if a power cut loses it,
+     * the batch is simply handled again (at-least-once, which every agent
+     * already allows: de-duplicated mails, audit lines checked against the
+     * file's tail, deterministic reminders), and the next fsynced commit of
+     * any writer (the Task API's) makes it durable. Without this, every task
+     * cost one fsync per agent on the same disk as the API's. Side effects
+     * the agent itself must make durable go through before_commit. */
+    sqlite3_exec(rt->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
     rt->dedup_keep_ms = cfg->retention_ms > 0 ? cfg->retention_ms : DEFAULT_DEDUP_KEEP_MS;
     if (create_tables(rt, why, sizeof(why)) != 0 ||
         prepare(rt, "SELECT 1 FROM agent_handled WHERE group_id = ?1 AND event_id = ?2", &rt->seen,
