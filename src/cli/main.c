@@ -17,7 +17,7 @@ typedef struct command {
 } command;
 
 static const command commands[] = {
-    {"up", cmd_up, "run the whole system in one process (today: the Task API)"},
+    {"up", cmd_up, "run the whole system in one process: the Task API and every agent"},
     {"api", cmd_api, "run the Task API (HTTP) alone"},
     {"agent", cmd_agent, "run one agent alone (email, slack, audit, scheduler, exec)"},
     {"dlq", cmd_dlq, "list and replay dead-lettered events"},
