@@ -1,0 +1,97 @@
+"""A Kafka cluster for the end-to-end tests: the kafka_mock tool
+(tests/tools/kafka_mock.c, librdkafka's mock cluster in its own process).
+
+    from kafka_helpers import kafka_mock   # the fixture
+
+    def test_x(kafka_mock):
+        kafka_mock.bootstrap                # "127.0.0.1:PORT,..."
+        kafka_mock.command("down 2")        # -> "ok down 2"
+
+KafkaMock(...) starts one by hand (brokers, topics); the fixture starts a
+3-broker cluster and stops it at teardown, pass or fail, by its Popen object.
+Quirks of the mock (see KAFKA-MOCK.md): give clients a low
+fetch.wait.max.ms (KCAT_FAST has it for kcat), and wait for group
+assignments instead of sleeping.
+"""
+
+import os
+import subprocess
+
+import pytest
+
+from helpers import CMD_TIMEOUT, HERALD_TOOLS, Proc, clean_env
+
+KAFKA_MOCK = HERALD_TOOLS / "kafka_mock"
+
+# kcat options that make it usable against the mock: an empty Fetch there
+# is answered only after the whole fetch.wait.max.ms (default 500 ms).
+KCAT_FAST = ["-X", "fetch.wait.max.ms=5"]
+
+
+class KafkaMock:
+    """A running kafka_mock. Raises AssertionError if it does not print its
+    bootstrap line within `timeout` seconds."""
+
+    def __init__(self, brokers=3, topics=(), timeout=CMD_TIMEOUT):
+        if not os.access(KAFKA_MOCK, os.X_OK):
+            pytest.fail(f"missing {KAFKA_MOCK} (build it: make {KAFKA_MOCK.parent.name}"
+                        f"/tools/kafka_mock or make e2e)")
+        argv = [str(KAFKA_MOCK), "--brokers", str(brokers)]
+        for name, partitions in topics:
+            argv += ["--topic", f"{name}:{partitions}"]
+        self.brokers = brokers
+        self.proc = Proc(argv, clean_env(), stdin=subprocess.PIPE)
+        try:
+            _, line = self.proc.line(timeout)
+            assert line is not None and line.startswith("bootstrap "), (
+                f"kafka_mock did not start: {line!r}, stderr: {self.proc.err_lines}")
+        except BaseException:
+            self.stop()
+            raise
+        self.bootstrap = line.split(" ", 1)[1]
+
+    @property
+    def popen(self):
+        return self.proc.popen
+
+    def command(self, text, timeout=CMD_TIMEOUT):
+        """Send one control command line; returns the answer line
+        ("ok ..." or "error ..."). AssertionError if none comes."""
+        assert "\n" not in text, "one command per call"
+        self.proc.popen.stdin.write(text + "\n")
+        self.proc.popen.stdin.flush()
+        _, line = self.proc.line(timeout)
+        assert line is not None, (
+            f"kafka_mock ended without answering {text!r}: {self.proc.err_lines}")
+        return line
+
+    def close_stdin(self):
+        """EOF on the control channel: the tool stops and exits 0."""
+        if not self.proc.popen.stdin.closed:
+            try:
+                self.proc.popen.stdin.close()
+            except OSError:
+                pass  # it is already gone
+
+    def wait(self, timeout=CMD_TIMEOUT):
+        """Wait for the exit; returns the status."""
+        return self.proc.wait(timeout)
+
+    def stop(self):
+        """Stop it (EOF, then SIGTERM, then SIGKILL) and reap it."""
+        self.close_stdin()
+        try:
+            self.proc.popen.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.proc.stop()
+
+
+@pytest.fixture
+def kafka_mock():
+    """A 3-broker mock cluster, stopped when the test ends."""
+    mock = KafkaMock()
+    try:
+        yield mock
+    finally:
+        mock.stop()
