@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from helpers import CMD_TIMEOUT
-from kafka_helpers import KCAT_FAST, KafkaMock, kafka_mock  # noqa: F401 (fixture)
+from kafka_helpers import KAFKA_MOCK, KCAT_FAST, KafkaMock, kafka_mock  # noqa: F401 (fixture)
 
 
 def kcat(*args, input=None, timeout=CMD_TIMEOUT):
@@ -180,7 +180,6 @@ def test_exit_0_on_signal(kafka_mock, sig):
 @pytest.mark.parametrize("args", [["--brokers", "0"], ["--brokers", "x"], ["--topic", "t"],
                                   ["--topic", "t:0"], ["--topic", "bad/name:1"], ["--what"]])
 def test_bad_options_exit_2(args):
-    from kafka_helpers import KAFKA_MOCK
     r = subprocess.run([str(KAFKA_MOCK), *args], stdin=subprocess.DEVNULL, capture_output=True,
                        text=True, timeout=CMD_TIMEOUT)
     assert r.returncode == 2, r
