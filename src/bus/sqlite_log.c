@@ -276,6 +276,11 @@ int bus_log_begin(bus_log *log, char *err, size_t errlen)
     return 0;
 }
 
+void bus_log_notify_on_commit(bus_log *log)
+{
+    log->appended = 1;
+}
+
 void bus_log_notify(bus_log *log)
 {
     /* Any write() to the file raises IN_MODIFY for every watcher. */

@@ -70,6 +70,10 @@ void bus_log_rollback(bus_log *log);
 /* 1 if a transaction is open on this connection. */
 int bus_log_in_transaction(bus_log *log);
 
+/* Make the next successful bus_log_commit() wake the waiting consumers
+ * (and relays), as an append does. */
+void bus_log_notify_on_commit(bus_log *log);
+
 /* Wake every consumer waiting on this data directory. */
 void bus_log_notify(bus_log *log);
 
