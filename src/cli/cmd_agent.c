@@ -9,6 +9,7 @@
  */
 #include "cli/cli.h"
 
+#include "bus/outbox.h"
 #include "cli/agent_runner.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -101,6 +102,7 @@ int cmd_agent(int argc, char **argv, herald_config *cfg)
     }
     int status = CLI_USAGE;
     agent_runner *runner = NULL;
+    bus_relay *relay = NULL;
     char err[1024];
     if (args.help) {
         print_usage();
@@ -160,6 +162,17 @@ int cmd_agent(int argc, char **argv, herald_config *cfg)
     s.exec_argv = args.rest;
     runtime_retry retry;
     config_retry(cfg, &retry);
+    if (bus.kind != BUS_SQLITE) {
+        /* external bus: derived events and dead letters leave through the
+         * data directory's outbox */
+        bus_config local = bus;
+        local.kind = BUS_SQLITE;
+        relay = bus_relay_start(&local, &bus, 0, err, sizeof(err));
+        if (!relay) {
+            fprintf(stderr, "herald agent: %s\n", err);
+            goto out;
+        }
+    }
     runner = agent_runner_start(&bus, &s, &retry, &entry, 1, err, sizeof(err));
     if (!runner) {
         fprintf(stderr, "herald agent: %s\n", err);
@@ -171,9 +184,12 @@ int cmd_agent(int argc, char **argv, herald_config *cfg)
     LOG_INFO("herald agent %s: %s received, stopping", name, sig == SIGINT ? "SIGINT" : "SIGTERM");
     agent_runner_stop(runner);
     runner = NULL;
+    bus_relay_stop(relay, 10000);
+    relay = NULL;
     status = CLI_OK;
 out:
     agent_runner_stop(runner);
+    bus_relay_stop(relay, 0);
     free(o.types_buf);
     free(args.positional);
     return status;

@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 
 #include "api/server.h"
+#include "bus/outbox.h"
 #include "cli/agent_runner.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -82,6 +83,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     task_store *store = NULL;
     api_server *srv = NULL;
     agent_runner *agents = NULL;
+    bus_relay *relay = NULL;
     int with_agents = strcmp(cmd, "up") == 0;
     char err[1024];
     if (cli_finish_parse(cmd, &args, usage, 0, &status))
@@ -103,6 +105,16 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     if (!store) {
         fprintf(stderr, "herald %s: %s\n", cmd, err);
         goto out;
+    }
+    if (bus.kind != BUS_SQLITE) {
+        /* external bus: the store queues events in its outbox; publish them */
+        bus_config local = bus;
+        local.kind = BUS_SQLITE;
+        relay = bus_relay_start(&local, &bus, 0, err, sizeof(err));
+        if (!relay) {
+            fprintf(stderr, "herald %s: %s\n", cmd, err);
+            goto out;
+        }
     }
     if (with_agents && !(agents = start_agents(&bus, cfg, err, sizeof(err)))) {
         fprintf(stderr, "herald %s: %s\n", cmd, err);
@@ -127,6 +139,8 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     srv = NULL;
     agent_runner_stop(agents);
     agents = NULL;
+    bus_relay_stop(relay, SHUTDOWN_GRACE_MS);
+    relay = NULL;
     uint64_t batches, requests;
     task_store_stats(store, &batches, &requests);
     task_store_close(store);
@@ -137,6 +151,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
 out:
     api_server_stop(srv, 0);
     agent_runner_stop(agents);
+    bus_relay_stop(relay, 0);
     task_store_close(store);
     free(args.positional);
     return status;

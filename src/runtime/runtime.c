@@ -34,6 +34,7 @@
  */
 #include "runtime/runtime.h"
 
+#include "bus/outbox.h"
 #include "bus/sqlite_consumer.h"
 #include "bus/sqlite_log.h"
 #include "common/log.h"
@@ -102,7 +103,8 @@ struct agent_runtime {
     agent_def def;
     runtime_retry retry;
     bus_consumer *consumer;
-    bus_log *log;
+    bus_log *log;       /* the state database (the consumer's, or owned_log) */
+    bus_log *owned_log; /* external bus: our own connection to the data dir */
     sqlite3 *db;
     sqlite3_stmt *seen, *mark, *purge;
     int64_t group_id; /* agent_groups.id of def.group */
@@ -483,11 +485,22 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
         goto fail;
     }
     bus_consumer_sqlite *sc = bus_consumer_sqlite_of(rt->consumer);
-    if (!sc) {
-        util_error(err, errlen, "agent '%s': this bus has no state database", def->name);
-        goto fail;
+    if (sc) {
+        rt->log = bus_consumer_sqlite_log(sc);
+    } else {
+        /* an external bus (Kafka): the state lives in the data directory's
+         * database, derived events and dead letters leave through its
+         * outbox, and the group's offsets are committed on the bus after
+         * the state transaction */
+        bus_config local = *cfg;
+        local.kind = BUS_SQLITE;
+        rt->owned_log = bus_log_open(&local, why, sizeof(why));
+        if (!rt->owned_log || bus_outbox_ensure(rt->owned_log, why, sizeof(why)) != 0) {
+            util_error(err, errlen, "agent '%s': %s", def->name, why);
+            goto fail;
+        }
+        rt->log = rt->owned_log;
     }
-    rt->log = bus_consumer_sqlite_log(sc);
     rt->db = bus_log_db(rt->log);
     /* an agent reads the newest pages of the log and its own rows: a small
      * page cache is enough, and `herald up` holds one per agent */
@@ -568,6 +581,7 @@ void agent_runtime_close(agent_runtime *rt)
     bus_consumer_close(rt->consumer);
     if (rt->def.destroy)
         rt->def.destroy(rt->def.state);
+    bus_log_close(rt->owned_log);
     if (rt->stop_fd >= 0)
         close(rt->stop_fd);
     pthread_mutex_destroy(&rt->stats_lock);
@@ -724,7 +738,8 @@ static int append_list(agent_runtime *rt, record_list *l, char *err, size_t errl
         r.value_len = p->value_len;
         r.headers = p->header_count ? p->headers : NULL;
         r.header_count = p->header_count;
-        if (bus_log_append(rt->log, &r, 1, NULL, err, errlen) != 0)
+        if ((rt->owned_log ? bus_outbox_append(rt->log, &r, 1, err, errlen)
+                           : bus_log_append(rt->log, &r, 1, NULL, err, errlen)) != 0)
             return -1;
     }
     return 0;
@@ -823,7 +838,7 @@ static int commit_batch(agent_runtime *rt, const bus_message *msgs, char *err, s
         }
     }
     bus_consumer_sqlite *sc = bus_consumer_sqlite_of(rt->consumer);
-    if (bus_consumer_sqlite_commit(sc, err, errlen) != 0)
+    if (sc && bus_consumer_sqlite_commit(sc, err, errlen) != 0)
         goto fail;
     if (concurrent) {
         pthread_join(thread, NULL);
@@ -835,7 +850,14 @@ static int commit_batch(agent_runtime *rt, const bus_message *msgs, char *err, s
     }
     if (bus_log_commit(rt->log, err, errlen) != 0)
         return -1;
-    bus_consumer_sqlite_mark_committed(sc);
+    if (sc) {
+        bus_consumer_sqlite_mark_committed(sc);
+    } else if (bus_consumer_commit(rt->consumer, err, errlen) != 0) {
+        /* the batch is handled and recorded: if the bus redelivers it, the
+         * de-duplication records drop it */
+        LOG_WARN("%s: %s (the batch may be delivered again and dropped as duplicates)",
+                 rt->def.name, err);
+    }
     return 0;
 fail:
     bus_log_rollback(rt->log);

@@ -25,6 +25,8 @@
  */
 #include "store/task_store.h"
 
+#include "bus/outbox.h"
+
 #include "bus/sqlite_log.h"
 #include "common/log.h"
 #include "common/util.h"
@@ -66,6 +68,7 @@ typedef struct reader {
 
 struct task_store {
     bus_log *log;
+    int outbox; /* the bus is external (Kafka): events go to the outbox */
     char *db_path;
     /* writer statements */
     sqlite3_stmt *w_get, *w_insert, *w_update, *w_delete, *w_event, *w_idem_get, *w_idem_put,
@@ -238,7 +241,8 @@ static int append_event(task_store *s, store_request *req, const event *ev, cons
     rec.key_len = strlen(req->task_id);
     rec.value = value;
     rec.value_len = len;
-    rc = bus_log_append(s->log, &rec, 1, NULL, req->err, sizeof(req->err));
+    rc = s->outbox ? bus_outbox_append(s->log, &rec, 1, req->err, sizeof(req->err))
+                   : bus_log_append(s->log, &rec, 1, NULL, req->err, sizeof(req->err));
     if (rc == 0) {
         sqlite3_bind_text(s->w_event, 1, req->task_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s->w_event, 2, seq);
@@ -704,6 +708,9 @@ task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
     pthread_mutex_init(&s->pool_lock, NULL);
     s->log = bus_log_open(cfg, err, errlen);
     if (!s->log)
+        goto fail;
+    s->outbox = cfg->kind != BUS_SQLITE;
+    if (s->outbox && bus_outbox_ensure(s->log, err, errlen) != 0)
         goto fail;
     s->db_path = xstrdup(bus_log_db_path(s->log));
     sqlite3 *db = bus_log_db(s->log);

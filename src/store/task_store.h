@@ -100,8 +100,11 @@ void store_request_init(store_request *req, store_op op);
 void store_request_release(store_request *req);
 
 /*
- * Open the store on the log of cfg (creating tables as needed) and start
- * its writer thread. NULL with err filled on failure.
+ * Open the store in cfg->data_dir (creating tables as needed) and start its
+ * writer thread. With the embedded bus each change's event is appended to
+ * the log in the change's transaction; with an external bus (Kafka) it goes
+ * to the transactional outbox (bus/outbox.h) instead, for a relay to
+ * publish. NULL with err filled on failure.
  */
 task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen);
 
