@@ -20,7 +20,7 @@ SAN_FLAGS =
 OPT ?= -O2 -g
 endif
 
-PKGS = sqlite3 jansson libmicrohttpd libcrypto libcurl
+PKGS = sqlite3 jansson libmicrohttpd libcrypto libcurl rdkafka
 CC ?= cc
 CFLAGS_BASE = -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 	-Wno-unused-parameter -D_GNU_SOURCE -Isrc -pthread
