@@ -29,6 +29,7 @@ EXPECTED_OK = [
     "ok second group g2:",
     "ok pattern ^.*-events$:",
     "ok consumer without group:",
+    "ok rebalance:",
     "ok bad input:",
 ]
 
