@@ -7,7 +7,8 @@ set -eu
 PACKAGES="gcc make pkg-config libc6-dev
 libsqlite3-dev libjansson-dev libmicrohttpd-dev libssl-dev libcmocka-dev libcurl4-openssl-dev
 python3 python3-pytest python3-aiosmtpd
-valgrind wrk curl librdkafka-dev kcat"
+valgrind wrk curl
+librdkafka-dev kcat"
 
 missing=""
 for pkg in $PACKAGES; do

@@ -2,12 +2,15 @@
  * bus.c - the backend-neutral face of the bus (see bus.h): configuration,
  * header decoding, and dispatch of producer/consumer calls to the backend.
  *
+ * Kafka (cfg->kind BUS_KAFKA) is in kafka.c; Kafka does its own retention.
+ *
  * The embedded producer also runs retention: when it opens, and then at most
  * once a minute from bus_produce(), it deletes events older than
  * cfg->retention_ms.
  */
 #include "bus/bus.h"
 
+#include "bus/kafka.h"
 #include "bus/sqlite_consumer.h"
 #include "bus/sqlite_log.h"
 #include "common/log.h"
@@ -21,6 +24,7 @@
 struct bus_producer {
     enum bus_kind kind;
     bus_log *log;
+    bus_kafka_producer *kafka;
     int64_t retention_ms;
     int64_t next_retention_ms;
 };
@@ -28,7 +32,54 @@ struct bus_producer {
 struct bus_consumer {
     enum bus_kind kind;
     bus_consumer_sqlite *sqlite;
+    bus_kafka_consumer *kafka;
 };
+
+/* Check one "host:port" of a Kafka bootstrap list (len bytes at s). */
+static int kafka_hostport_valid(const char *s, size_t len, char *err, size_t errlen)
+{
+    const char *end = s + len, *colon;
+    if (len > 0 && s[0] == '[') {
+        const char *close = memchr(s, ']', len);
+        if (!close || close == s + 1 || close + 1 >= end || close[1] != ':')
+            return util_error(err, errlen, "bad Kafka broker '%.*s' (expected [IPV6]:PORT)",
+                              (int)len, s);
+        for (const char *p = s + 1; p < close; p++)
+            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') ||
+                  (*p >= 'A' && *p <= 'F') || *p == ':' || *p == '.'))
+                return util_error(err, errlen, "bad IPv6 address in Kafka broker '%.*s'", (int)len,
+                                  s);
+        colon = close + 1;
+    } else {
+        colon = NULL;
+        for (const char *p = s; p < end; p++)
+            if (*p == ':')
+                colon = p;
+        if (!colon || colon == s)
+            return util_error(err, errlen, "bad Kafka broker '%.*s' (expected HOST:PORT)", (int)len,
+                              s);
+        if (colon - s > 253)
+            return util_error(err, errlen, "Kafka broker host too long in '%.*s'", (int)len, s);
+        for (const char *p = s; p < colon; p++)
+            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                  (*p >= '0' && *p <= '9') || *p == '.' || *p == '-' || *p == '_'))
+                return util_error(err, errlen, "bad host in Kafka broker '%.*s'", (int)len, s);
+    }
+    long port = 0;
+    const char *p = colon + 1;
+    if (p == end)
+        return util_error(err, errlen, "missing port in Kafka broker '%.*s'", (int)len, s);
+    for (; p < end; p++) {
+        if (*p < '0' || *p > '9' || port > 65535)
+            return util_error(err, errlen, "bad port in Kafka broker '%.*s' (expected 1-65535)",
+                              (int)len, s);
+        port = port * 10 + (*p - '0');
+    }
+    if (port < 1 || port > 65535)
+        return util_error(err, errlen, "bad port in Kafka broker '%.*s' (expected 1-65535)",
+                          (int)len, s);
+    return 0;
+}
 
 int bus_config_set_url(bus_config *cfg, const char *url, char *err, size_t errlen)
 {
@@ -36,7 +87,29 @@ int bus_config_set_url(bus_config *cfg, const char *url, char *err, size_t errle
         cfg->kind = BUS_SQLITE;
         return 0;
     }
-    return util_error(err, errlen, "unsupported bus '%s' (expected 'sqlite')", url);
+    static const char prefix[] = "kafka:";
+    if (strncmp(url, prefix, sizeof(prefix) - 1) != 0)
+        return util_error(err, errlen,
+                          "unsupported bus '%s' (expected 'sqlite' or 'kafka:HOST:PORT[,...]')",
+                          url);
+    const char *list = url + sizeof(prefix) - 1;
+    if (!*list)
+        return util_error(err, errlen, "bus '%s' names no Kafka broker (kafka:HOST:PORT[,...])",
+                          url);
+    for (const char *p = list;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        if (len == 0)
+            return util_error(err, errlen, "empty Kafka broker in bus '%s'", url);
+        if (kafka_hostport_valid(p, len, err, errlen) != 0)
+            return -1;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    cfg->kind = BUS_KAFKA;
+    cfg->bootstrap = list;
+    return 0;
 }
 
 int bus_topic_name_valid(const char *topic)
@@ -181,6 +254,14 @@ bus_producer *bus_producer_open(const bus_config *cfg, char *err, size_t errlen)
 {
     bus_producer *p = xcalloc(1, sizeof(*p));
     p->kind = cfg->kind;
+    if (cfg->kind == BUS_KAFKA) {
+        p->kafka = bus_kafka_producer_open(cfg, err, errlen);
+        if (!p->kafka) {
+            free(p);
+            return NULL;
+        }
+        return p;
+    }
     p->retention_ms = cfg->retention_ms;
     p->log = bus_log_open(cfg, err, errlen);
     if (!p->log) {
@@ -197,6 +278,8 @@ int bus_produce(bus_producer *p, const bus_record *records, size_t n, int64_t *o
 {
     if (n == 0)
         return 0;
+    if (p->kind == BUS_KAFKA)
+        return bus_kafka_produce(p->kafka, records, n, offsets, err, errlen);
     if (bus_log_begin(p->log, err, errlen) != 0)
         return -1;
     if (bus_log_append(p->log, records, n, offsets, err, errlen) != 0) {
@@ -214,13 +297,25 @@ void bus_producer_close(bus_producer *p)
 {
     if (!p)
         return;
-    bus_log_close(p->log);
+    if (p->kind == BUS_KAFKA)
+        bus_kafka_producer_close(p->kafka);
+    else
+        bus_log_close(p->log);
     free(p);
 }
 
 bus_consumer *bus_consumer_open(const bus_config *cfg, const bus_subscription *sub, char *err,
                                 size_t errlen)
 {
+    if (cfg->kind == BUS_KAFKA) {
+        bus_kafka_consumer *k = bus_kafka_consumer_open(cfg, sub, err, errlen);
+        if (!k)
+            return NULL;
+        bus_consumer *c = xcalloc(1, sizeof(*c));
+        c->kind = BUS_KAFKA;
+        c->kafka = k;
+        return c;
+    }
     bus_consumer_sqlite *s = bus_consumer_sqlite_open(cfg, sub, err, errlen);
     if (!s)
         return NULL;
@@ -233,17 +328,23 @@ bus_consumer *bus_consumer_open(const bus_config *cfg, const bus_subscription *s
 int bus_consumer_poll(bus_consumer *c, int timeout_ms, const bus_message **msgs, size_t *count,
                       char *err, size_t errlen)
 {
+    if (c->kind == BUS_KAFKA)
+        return bus_kafka_consumer_poll(c->kafka, timeout_ms, msgs, count, err, errlen);
     return bus_consumer_sqlite_poll(c->sqlite, timeout_ms, msgs, count, err, errlen);
 }
 
 int bus_consumer_commit(bus_consumer *c, char *err, size_t errlen)
 {
+    if (c->kind == BUS_KAFKA)
+        return bus_kafka_consumer_commit(c->kafka, err, errlen);
     return bus_consumer_sqlite_commit(c->sqlite, err, errlen);
 }
 
 int bus_consumer_seek(bus_consumer *c, const char *topic, int32_t partition, int64_t offset,
                       char *err, size_t errlen)
 {
+    if (c->kind == BUS_KAFKA)
+        return bus_kafka_consumer_seek(c->kafka, topic, partition, offset, err, errlen);
     return bus_consumer_sqlite_seek(c->sqlite, topic, partition, offset, err, errlen);
 }
 
@@ -254,13 +355,19 @@ bus_consumer_sqlite *bus_consumer_sqlite_of(bus_consumer *c)
 
 void bus_consumer_wakeup(bus_consumer *c)
 {
-    bus_consumer_sqlite_wakeup(c->sqlite);
+    if (c->kind == BUS_KAFKA)
+        bus_kafka_consumer_wakeup(c->kafka);
+    else
+        bus_consumer_sqlite_wakeup(c->sqlite);
 }
 
 void bus_consumer_close(bus_consumer *c)
 {
     if (!c)
         return;
-    bus_consumer_sqlite_close(c->sqlite);
+    if (c->kind == BUS_KAFKA)
+        bus_kafka_consumer_close(c->kafka);
+    else
+        bus_consumer_sqlite_close(c->sqlite);
     free(c);
 }

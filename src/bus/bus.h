@@ -8,6 +8,11 @@
  * that grow within a topic, consumer groups with committed offsets and an
  * auto.offset.reset rule applied only when a group has no committed offset.
  *
+ * Kafka backend specifics (kafka.h): partitions as configured on the
+ * cluster, offsets start at 0; bus_produce() returns 0 only when every
+ * record's delivery report confirmed it (acks=all, idempotent producer),
+ * but a batch is not atomic: on -1 some records may have been appended.
+ *
  * Embedded backend specifics (see sqlite_log.h for the transactional API):
  *  - one partition per topic (partition is always 0); offsets within a
  *    topic are dense and start at 1;
@@ -102,7 +107,7 @@ int bus_envelope_from_headers(const bus_message *m, event *ev);
 
 /* ---- configuration ---------------------------------------------------- */
 
-enum bus_kind { BUS_SQLITE = 0 };
+enum bus_kind { BUS_SQLITE = 0, BUS_KAFKA };
 
 typedef struct bus_config {
     enum bus_kind kind;
@@ -110,17 +115,28 @@ typedef struct bus_config {
     int64_t retention_ms; /* delete events older than this; <= 0 keeps all */
     int synchronous_full; /* 1: fsync every commit (SQLite synchronous=FULL);
                              0: NORMAL (survives kill -9, not power loss) */
+    /* Kafka backend (kind BUS_KAFKA) */
+    const char *bootstrap;          /* "host:port[,host:port...]" (bootstrap.servers);
+                                       set by bus_config_set_url(), pointing into its
+                                       url, which must outlive the config */
+    const char *client_id;          /* client.id; NULL: "herald" */
+    const char *const *kafka_props; /* NULL-terminated "name=value" librdkafka
+                                       properties applied last (TLS, SASL,
+                                       tuning); NULL: none */
 } bus_config;
 
 /* Defaults: sqlite, "./herald-data", 7 days, synchronous FULL. */
 #define BUS_DEFAULT_RETENTION_MS (7LL * 24 * 3600 * 1000)
 /* clang-format off */
-#define BUS_CONFIG_INIT { BUS_SQLITE, "./herald-data", BUS_DEFAULT_RETENTION_MS, 1 }
+#define BUS_CONFIG_INIT { BUS_SQLITE, "./herald-data", BUS_DEFAULT_RETENTION_MS, 1, NULL, NULL, NULL }
 /* clang-format on */
 
 /*
- * Parse a HERALD_BUS value into cfg->kind: "sqlite" (or empty). Returns 0,
- * or -1 with err filled naming the bad value.
+ * Parse a HERALD_BUS value into cfg: "sqlite" (or empty) sets kind
+ * BUS_SQLITE; "kafka:HOST:PORT[,HOST:PORT...]" sets kind BUS_KAFKA and
+ * cfg->bootstrap (pointing into url). HOST is a name or IPv4 address of
+ * [A-Za-z0-9._-] or a bracketed IPv6 address, PORT 1..65535. Returns 0, or
+ * -1 with err filled naming the bad value (cfg unchanged).
  */
 int bus_config_set_url(bus_config *cfg, const char *url, char *err, size_t errlen);
 
@@ -135,9 +151,12 @@ typedef struct bus_producer bus_producer;
 bus_producer *bus_producer_open(const bus_config *cfg, char *err, size_t errlen);
 
 /*
- * Publish n records atomically: either all are durably appended or none
- * (embedded: one SQLite transaction). offsets (may be NULL) receives each
- * record's offset. Returns 0, or -1 with err filled.
+ * Publish n records: returns 0 only when all are durably appended.
+ * Embedded: atomically (one SQLite transaction, all or none). Kafka: waits
+ * for every record's delivery report; on -1 some may have been appended (a
+ * retry can duplicate them; consumers drop duplicates by event id).
+ * offsets (may be NULL) receives each record's offset. Returns 0, or -1
+ * with err filled.
  */
 int bus_produce(bus_producer *p, const bus_record *records, size_t n, int64_t *offsets, char *err,
                 size_t errlen);

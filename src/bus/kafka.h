@@ -1,0 +1,52 @@
+/*
+ * kafka.h - the Kafka backend of bus.h through librdkafka. Callers use
+ * bus.h; bus.c dispatches here when cfg->kind is BUS_KAFKA. Each function
+ * behaves as its bus.h counterpart, with the Kafka specifics below.
+ *
+ * Producer: acks=all, enable.idempotence=true; bus_kafka_produce() waits for
+ * the delivery report of every record (bounded by message.timeout.ms).
+ *
+ * Consumer: a balanced group consumer (group.id = the subscription's group;
+ * without one, a unique throw-away group that never commits), offsets
+ * committed only by bus_kafka_consumer_commit() and when partitions are
+ * revoked (the position past every record returned so far). A pattern
+ * subscription is a librdkafka regex subscription ("^" is prepended when the
+ * pattern does not start with it, as "^.*(PATTERN)").
+ *
+ * cfg->kafka_props ("name=value") are applied after herald's own settings,
+ * so they can override them (e.g. fetch.wait.max.ms for the mock cluster).
+ */
+#ifndef HERALD_BUS_KAFKA_H
+#define HERALD_BUS_KAFKA_H
+
+#include "bus/bus.h"
+
+typedef struct bus_kafka_producer bus_kafka_producer;
+typedef struct bus_kafka_consumer bus_kafka_consumer;
+
+/* As bus_producer_open(). */
+bus_kafka_producer *bus_kafka_producer_open(const bus_config *cfg, char *err, size_t errlen);
+/* As bus_produce(): 0 only when every record was acknowledged. */
+int bus_kafka_produce(bus_kafka_producer *p, const bus_record *records, size_t n, int64_t *offsets,
+                      char *err, size_t errlen);
+/* As bus_producer_close(): flushes what is queued (up to 10 s). */
+void bus_kafka_producer_close(bus_kafka_producer *p);
+
+/* As bus_consumer_open(). */
+bus_kafka_consumer *bus_kafka_consumer_open(const bus_config *cfg, const bus_subscription *sub,
+                                            char *err, size_t errlen);
+/* As bus_consumer_poll(). -1 only on a fatal client error. */
+int bus_kafka_consumer_poll(bus_kafka_consumer *c, int timeout_ms, const bus_message **msgs,
+                            size_t *count, char *err, size_t errlen);
+/* As bus_consumer_commit(): a synchronous commit of the positions. */
+int bus_kafka_consumer_commit(bus_kafka_consumer *c, char *err, size_t errlen);
+/* As bus_consumer_seek(): the partition must be assigned to this consumer. */
+int bus_kafka_consumer_seek(bus_kafka_consumer *c, const char *topic, int32_t partition,
+                            int64_t offset, char *err, size_t errlen);
+/* As bus_consumer_wakeup() (async-signal-safe: sets an atomic flag that a
+ * poll checks at least every 100 ms). */
+void bus_kafka_consumer_wakeup(bus_kafka_consumer *c);
+/* As bus_consumer_close(): leaves the group (revocation commits). */
+void bus_kafka_consumer_close(bus_kafka_consumer *c);
+
+#endif
