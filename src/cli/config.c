@@ -191,6 +191,70 @@ static int set_retry_attempts(herald_config *cfg, const char *v, char *err, size
     return 0;
 }
 
+/* Append "name=value" to the librdkafka properties. */
+static void add_kafka_prop(herald_config *cfg, const char *name, size_t name_len, const char *value)
+{
+    cfg->kafka_props =
+        xrealloc(cfg->kafka_props, (cfg->kafka_prop_count + 2) * sizeof(*cfg->kafka_props));
+    size_t len = name_len + 1 + strlen(value) + 1;
+    char *p = xmalloc(len);
+    snprintf(p, len, "%.*s=%s", (int)name_len, name, value);
+    cfg->kafka_props[cfg->kafka_prop_count++] = p;
+    cfg->kafka_props[cfg->kafka_prop_count] = NULL;
+}
+
+static int kafka_prop_name_valid(const char *name, size_t len)
+{
+    if (len == 0 || len > 128)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') ||
+              name[i] == '.' || name[i] == '_'))
+            return 0;
+    return 1;
+}
+
+static int set_kafka(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    if (!*v)
+        return 0; /* the default: no property */
+    const char *eq = strchr(v, '=');
+    if (!eq || !kafka_prop_name_valid(v, (size_t)(eq - v)))
+        return util_error(err, errlen,
+                          "expected PROPERTY=VALUE with a librdkafka property name "
+                          "(e.g. security.protocol=ssl), not '%s'",
+                          v);
+    add_kafka_prop(cfg, v, (size_t)(eq - v), eq + 1);
+    return 0;
+}
+
+/* HERALD_KAFKA_<PROPERTY>=VALUE for every such variable of the environment. */
+static int load_kafka_env(herald_config *cfg, char *err, size_t errlen)
+{
+    extern char **environ;
+    static const char prefix[] = "HERALD_KAFKA_";
+    for (char **e = environ; e && *e; e++) {
+        if (strncmp(*e, prefix, sizeof(prefix) - 1) != 0)
+            continue;
+        const char *name = *e + sizeof(prefix) - 1, *eq = strchr(name, '=');
+        if (!eq)
+            continue;
+        char prop[129];
+        size_t len = (size_t)(eq - name);
+        if (len == 0 || len >= sizeof(prop))
+            return util_error(err, errlen, "%.*s: not a librdkafka property", (int)(eq - *e), *e);
+        for (size_t i = 0; i < len; i++) {
+            char c = name[i];
+            prop[i] = c == '_' ? '.' : (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+        }
+        prop[len] = '\0';
+        if (!kafka_prop_name_valid(prop, len))
+            return util_error(err, errlen, "%.*s: not a librdkafka property", (int)(eq - *e), *e);
+        add_kafka_prop(cfg, prop, len, eq + 1);
+    }
+    return 0;
+}
+
 static const setting settings[] = {
     {"data-dir", "HERALD_DATA_DIR", "./herald-data",
      "directory of the event log (bus.db) and all state", set_data_dir},
@@ -228,6 +292,10 @@ static const setting settings[] = {
     {"retry-base", "HERALD_RETRY_BASE", "500ms", "first retry delay (doubles, with jitter)",
      set_retry_base},
     {"retry-max", "HERALD_RETRY_MAX", "30s", "longest retry delay", set_retry_max},
+    {"kafka", "HERALD_KAFKA_<PROP>", "",
+     "a librdkafka property PROP=VALUE (repeatable; HERALD_KAFKA_SECURITY_PROTOCOL=ssl is "
+     "security.protocol=ssl): TLS, SASL, tuning",
+     set_kafka},
 };
 
 size_t config_count(void)
@@ -263,7 +331,7 @@ int config_load(herald_config *cfg, char *err, size_t errlen)
         if (env && settings[i].set(cfg, env, why, sizeof(why)) != 0)
             return util_error(err, errlen, "%s: %s", settings[i].env, why);
     }
-    return 0;
+    return load_kafka_env(cfg, err, errlen);
 }
 
 int config_bus(const herald_config *cfg, bus_config *bus, char *err, size_t errlen)
@@ -274,6 +342,7 @@ int config_bus(const herald_config *cfg, bus_config *bus, char *err, size_t errl
     b.data_dir = cfg->data_dir;
     b.retention_ms = cfg->retention_ms;
     b.synchronous_full = cfg->sync_full;
+    b.kafka_props = (const char *const *)cfg->kafka_props;
     *bus = b;
     return 0;
 }
@@ -329,6 +398,9 @@ void config_release(herald_config *cfg)
     free(cfg->slack_webhook_url);
     free(cfg->slack_channel);
     free(cfg->audit_dir);
+    for (size_t i = 0; i < cfg->kafka_prop_count; i++)
+        free(cfg->kafka_props[i]);
+    free(cfg->kafka_props);
     herald_config empty = HERALD_CONFIG_INIT;
     *cfg = empty;
 }

@@ -38,11 +38,17 @@ typedef struct herald_config {
     int retry_attempts;       /* HERALD_RETRY_ATTEMPTS */
     int64_t retry_base_ms;    /* HERALD_RETRY_BASE */
     int64_t retry_max_ms;     /* HERALD_RETRY_MAX */
+
+    /* librdkafka properties: HERALD_KAFKA_<PROPERTY> (FETCH_WAIT_MAX_MS ->
+     * fetch.wait.max.ms) and --kafka PROP=VALUE; "name=value" strings,
+     * NULL-terminated (NULL when none) */
+    char **kafka_props;
+    size_t kafka_prop_count;
 } herald_config;
 
 /* clang-format off */
 #define HERALD_CONFIG_INIT {NULL, NULL, 0, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-                           NULL, NULL, 0, 0, 0, 0, 0}
+                           NULL, NULL, 0, 0, 0, 0, 0, NULL, 0}
 /* clang-format on */
 
 /* Fill cfg with the defaults, then apply the environment. 0 or -1 + err. */
