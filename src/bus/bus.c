@@ -11,6 +11,7 @@
 #include "bus/bus.h"
 
 #include "bus/kafka.h"
+#include "bus/arena.h"
 #include "bus/sqlite_consumer.h"
 #include "bus/sqlite_log.h"
 #include "common/log.h"
@@ -124,27 +125,53 @@ int bus_topic_name_valid(const char *topic)
     return n >= 1 && n <= 249 && strcmp(topic, ".") != 0 && strcmp(topic, "..") != 0;
 }
 
+size_t bus_arena_put(bus_arena *a, const void *data, size_t len)
+{
+    if (a->len + len + 1 > a->cap) {
+        size_t cap = a->cap ? a->cap : 65536;
+        while (cap < a->len + len + 1)
+            cap *= 2;
+        a->buf = xrealloc(a->buf, cap);
+        a->cap = cap;
+    }
+    size_t at = a->len;
+    if (len)
+        memcpy(a->buf + at, data, len);
+    a->buf[at + len] = '\0';
+    a->len += len + 1;
+    return at;
+}
+
+int bus_headers_next(const unsigned char *headers, size_t len, size_t *pos, const char **name,
+                     size_t *name_len, const char **value, size_t *value_len)
+{
+    /* per header: u16 name length, name, u32 value length, value (LE) */
+    if (!headers || *pos + 2 > len)
+        return 0;
+    const unsigned char *p = headers + *pos;
+    size_t nl = (size_t)p[0] | ((size_t)p[1] << 8);
+    if (*pos + 2 + nl + 4 > len)
+        return 0;
+    const unsigned char *vp = p + 2 + nl;
+    size_t vl =
+        (size_t)vp[0] | ((size_t)vp[1] << 8) | ((size_t)vp[2] << 16) | ((size_t)vp[3] << 24);
+    if (*pos + 2 + nl + 4 + vl > len)
+        return 0;
+    *name = (const char *)p + 2;
+    *name_len = nl;
+    *value = (const char *)vp + 4;
+    *value_len = vl;
+    *pos += 2 + nl + 4 + vl;
+    return 1;
+}
+
 int bus_message_header(const bus_message *m, const char *name, const char **value, size_t *len)
 {
-    const unsigned char *p = m->headers, *end = m->headers + m->headers_len;
-    size_t want = strlen(name);
-    while (p && p + 2 <= end) {
-        size_t nl = (size_t)p[0] | ((size_t)p[1] << 8);
-        if (p + 2 + nl + 4 > end)
-            break;
-        const unsigned char *nm = p + 2;
-        const unsigned char *vp = nm + nl;
-        size_t vl =
-            (size_t)vp[0] | ((size_t)vp[1] << 8) | ((size_t)vp[2] << 16) | ((size_t)vp[3] << 24);
-        if (vp + 4 + vl > end)
-            break;
-        if (nl == want && memcmp(nm, name, nl) == 0) {
-            *value = (const char *)vp + 4;
-            *len = vl;
+    size_t pos = 0, want = strlen(name), nl;
+    const char *n;
+    while (bus_headers_next(m->headers, m->headers_len, &pos, &n, &nl, value, len))
+        if (nl == want && memcmp(n, name, nl) == 0)
             return 1;
-        }
-        p = vp + 4 + vl;
-    }
     return 0;
 }
 
@@ -191,26 +218,17 @@ int bus_envelope_from_headers(const bus_message *m, event *ev)
     const size_t caps[] = {sizeof(id),  sizeof(type),  sizeof(when),
                            sizeof(cid), sizeof(cause), sizeof(source)};
     unsigned found = 0;
-    /* one pass over the encoded headers (see bus_message_header) */
-    const unsigned char *p = m->headers, *end = m->headers + m->headers_len;
-    while (p && p + 2 <= end) {
-        size_t nl = (size_t)p[0] | ((size_t)p[1] << 8);
-        if (p + 2 + nl + 4 > end)
-            return -1;
-        const char *name = (const char *)p + 2;
-        const unsigned char *vp = p + 2 + nl;
-        size_t vl =
-            (size_t)vp[0] | ((size_t)vp[1] << 8) | ((size_t)vp[2] << 16) | ((size_t)vp[3] << 24);
-        if (vp + 4 + vl > end)
-            return -1;
+    /* one pass over the headers */
+    size_t pos = 0, nl, vl;
+    const char *name, *hv;
+    while (bus_headers_next(m->headers, m->headers_len, &pos, &name, &nl, &hv, &vl)) {
         for (size_t k = 0; k < UTIL_ARRAY_LEN(names); k++) {
             if (name_lens[k] == nl && memcmp(names[k], name, nl) == 0) {
-                if (!header_text((const char *)vp + 4, vl, outs[k], caps[k]))
+                if (!header_text(hv, vl, outs[k], caps[k]))
                     return -1;
                 found |= 1u << k;
             }
         }
-        p = vp + 4 + vl;
     }
     int64_t ms;
     if (found != (1u << UTIL_ARRAY_LEN(names)) - 1 || !event_uuid_valid(id) ||

@@ -73,6 +73,15 @@ typedef struct bus_message {
 } bus_message;
 
 /*
+ * Walk encoded headers (bus_message.headers, or bus_headers_encode()'s
+ * output): start with *pos = 0; each call returns 1 with the next header's
+ * name (name_len bytes, not NUL-terminated) and value, or 0 at the end or
+ * at a malformed entry.
+ */
+int bus_headers_next(const unsigned char *headers, size_t len, size_t *pos, const char **name,
+                     size_t *name_len, const char **value, size_t *value_len);
+
+/*
  * Find header name in m. Returns 1 and sets *value and *len (pointing into the
  * message) when present, else 0.
  */

@@ -36,6 +36,7 @@
  */
 #include "bus/kafka.h"
 
+#include "bus/arena.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -299,8 +300,7 @@ struct bus_kafka_consumer {
     size_t pos_count, pos_cap;
     bus_message *msgs;
     kc_ref *refs;
-    char *arena;
-    size_t arena_len, arena_cap;
+    bus_arena arena;
 };
 
 static kc_pos *pos_find(bus_kafka_consumer *c, const char *topic, int32_t partition, int create)
@@ -499,23 +499,6 @@ bus_kafka_consumer *bus_kafka_consumer_open(const bus_config *cfg, const bus_sub
     return c;
 }
 
-static size_t arena_put(bus_kafka_consumer *c, const void *data, size_t len)
-{
-    if (c->arena_len + len + 1 > c->arena_cap) {
-        size_t cap = c->arena_cap ? c->arena_cap : 65536;
-        while (cap < c->arena_len + len + 1)
-            cap *= 2;
-        c->arena = xrealloc(c->arena, cap);
-        c->arena_cap = cap;
-    }
-    size_t at = c->arena_len;
-    if (len)
-        memcpy(c->arena + at, data, len);
-    c->arena[at + len] = '\0';
-    c->arena_len += len + 1;
-    return at;
-}
-
 /* Append m's headers to the arena in bus.h's encoding (see
  * bus_headers_encode); returns the start and sets *len (0: no headers). */
 static size_t arena_put_headers(bus_kafka_consumer *c, const rd_kafka_message_t *m, size_t *len)
@@ -539,22 +522,22 @@ static size_t arena_put_headers(bus_kafka_consumer *c, const rd_kafka_message_t 
         unsigned char vl[4];
         for (int b = 0; b < 4; b++)
             vl[b] = (unsigned char)((vlen >> (8 * b)) & 0xff);
-        /* arena_put adds a NUL after each piece; drop it to keep them
+        /* bus_arena_put adds a NUL after each piece; drop it to keep them
          * contiguous */
-        size_t at = arena_put(c, pre, 2);
-        c->arena_len--;
-        arena_put(c, name, nl);
-        c->arena_len--;
-        arena_put(c, vl, 4);
-        c->arena_len--;
-        arena_put(c, value, vlen);
-        c->arena_len--;
+        size_t at = bus_arena_put(&c->arena, pre, 2);
+        c->arena.len--;
+        bus_arena_put(&c->arena, name, nl);
+        c->arena.len--;
+        bus_arena_put(&c->arena, vl, 4);
+        c->arena.len--;
+        bus_arena_put(&c->arena, value, vlen);
+        c->arena.len--;
         if (start == SIZE_MAX)
             start = at;
         *len += 6 + nl + vlen;
     }
     if (start != SIZE_MAX)
-        arena_put(c, NULL, 0); /* keep the terminating NUL */
+        bus_arena_put(&c->arena, NULL, 0); /* keep the terminating NUL */
     return start;
 }
 
@@ -569,11 +552,11 @@ static void batch_add(bus_kafka_consumer *c, size_t n, const rd_kafka_message_t 
     b->offset = m->offset;
     int64_t ts = rd_kafka_message_timestamp(m, NULL);
     b->timestamp_ms = ts >= 0 ? ts : 0;
-    r->topic = arena_put(c, topic, strlen(topic));
+    r->topic = bus_arena_put(&c->arena, topic, strlen(topic));
     b->key_len = m->key ? m->key_len : 0;
-    r->key = m->key ? arena_put(c, m->key, m->key_len) : SIZE_MAX;
+    r->key = m->key ? bus_arena_put(&c->arena, m->key, m->key_len) : SIZE_MAX;
     b->value_len = m->payload ? m->len : 0;
-    r->value = arena_put(c, m->payload, b->value_len);
+    r->value = bus_arena_put(&c->arena, m->payload, b->value_len);
     r->headers = arena_put_headers(c, m, &b->headers_len);
     kc_pos *p = pos_find(c, topic, m->partition, 1);
     p->next = m->offset + 1;
@@ -585,7 +568,7 @@ int bus_kafka_consumer_poll(bus_kafka_consumer *c, int timeout_ms, const bus_mes
 {
     *msgs = c->msgs;
     *count = 0;
-    c->arena_len = 0;
+    c->arena.len = 0;
     size_t n = 0;
     int64_t deadline = timeout_ms >= 0 ? util_now_ms() + timeout_ms : 0;
     for (int first = 1; n < c->max_batch; first = 0) {
@@ -624,10 +607,11 @@ int bus_kafka_consumer_poll(bus_kafka_consumer *c, int timeout_ms, const bus_mes
     for (size_t i = 0; i < n; i++) {
         bus_message *b = &c->msgs[i];
         const kc_ref *r = &c->refs[i];
-        b->topic = c->arena + r->topic;
-        b->key = r->key == SIZE_MAX ? NULL : c->arena + r->key;
-        b->value = c->arena + r->value;
-        b->headers = r->headers == SIZE_MAX ? NULL : (const unsigned char *)c->arena + r->headers;
+        b->topic = c->arena.buf + r->topic;
+        b->key = r->key == SIZE_MAX ? NULL : c->arena.buf + r->key;
+        b->value = c->arena.buf + r->value;
+        b->headers =
+            r->headers == SIZE_MAX ? NULL : (const unsigned char *)c->arena.buf + r->headers;
         if (!b->headers)
             b->headers_len = 0;
     }
@@ -687,6 +671,6 @@ void bus_kafka_consumer_close(bus_kafka_consumer *c)
     free(c->pos);
     free(c->msgs);
     free(c->refs);
-    free(c->arena);
+    free(c->arena.buf);
     free(c);
 }

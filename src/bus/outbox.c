@@ -146,24 +146,16 @@ static char *copy_column(sqlite3_stmt *st, int col, size_t *len)
 /* Decode row->headers (bus_headers_encode's form) into row->h. */
 static void decode_headers(relay_row *row)
 {
-    const unsigned char *p = (const unsigned char *)row->headers;
-    const unsigned char *end = p + row->headers_len;
+    size_t pos = 0, nl;
+    const char *name;
     row->header_count = 0;
-    while (p && p + 2 <= end && row->header_count < MAX_HEADERS_PER_RECORD) {
-        size_t nl = (size_t)p[0] | ((size_t)p[1] << 8);
-        if (p + 2 + nl + 4 > end)
+    while (row->header_count < MAX_HEADERS_PER_RECORD) {
+        bus_header *h = &row->h[row->header_count];
+        if (!bus_headers_next((const unsigned char *)row->headers, row->headers_len, &pos, &name,
+                              &nl, &h->value, &h->value_len))
             break;
-        const unsigned char *vp = p + 2 + nl;
-        size_t vl =
-            (size_t)vp[0] | ((size_t)vp[1] << 8) | ((size_t)vp[2] << 16) | ((size_t)vp[3] << 24);
-        if (vp + 4 + vl > end)
-            break;
-        char *name = xstrndup((const char *)p + 2, nl);
-        bus_header *h = &row->h[row->header_count++];
-        h->name = name;
-        h->value = (const char *)vp + 4;
-        h->value_len = vl;
-        p = vp + 4 + vl;
+        h->name = xstrndup(name, nl);
+        row->header_count++;
     }
 }
 

@@ -34,6 +34,7 @@
  */
 #include "bus/sqlite_consumer.h"
 
+#include "bus/arena.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -102,8 +103,7 @@ struct bus_consumer_sqlite {
     bus_message *msgs;
     pending_ref *refs;
     size_t msg_cap;
-    char *arena;
-    size_t arena_len, arena_cap;
+    bus_arena arena;
 };
 
 static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **stmt, char *err, size_t errlen)
@@ -240,7 +240,7 @@ void bus_consumer_sqlite_close(bus_consumer_sqlite *c)
     free(c->group);
     free(c->msgs);
     free(c->refs);
-    free(c->arena);
+    free(c->arena.buf);
     free(c);
 }
 
@@ -352,23 +352,6 @@ static int refresh_topics(bus_consumer_sqlite *c, char *err, size_t errlen)
     return 0;
 }
 
-static size_t arena_put(bus_consumer_sqlite *c, const void *data, size_t len)
-{
-    if (c->arena_len + len + 1 > c->arena_cap) {
-        size_t cap = c->arena_cap ? c->arena_cap : 65536;
-        while (cap < c->arena_len + len + 1)
-            cap *= 2;
-        c->arena = xrealloc(c->arena, cap);
-        c->arena_cap = cap;
-    }
-    size_t at = c->arena_len;
-    if (len)
-        memcpy(c->arena + at, data, len);
-    c->arena[at + len] = '\0';
-    c->arena_len += len + 1;
-    return at;
-}
-
 /* Step 3: read up to max_batch records. Returns the count or -1. */
 static long fetch(bus_consumer_sqlite *c, char *err, size_t errlen)
 {
@@ -377,7 +360,7 @@ static long fetch(bus_consumer_sqlite *c, char *err, size_t errlen)
         c->refs = xrealloc(c->refs, c->max_batch * sizeof(*c->refs));
         c->msg_cap = c->max_batch;
     }
-    c->arena_len = 0;
+    c->arena.len = 0;
     size_t n = 0;
     for (size_t k = 0; k < c->topic_count && n < c->max_batch; k++) {
         topic_state *t = &c->topics[(c->round_robin + k) % c->topic_count];
@@ -397,13 +380,14 @@ static long fetch(bus_consumer_sqlite *c, char *err, size_t errlen)
                 r->key = SIZE_MAX;
             } else {
                 m->key_len = (size_t)sqlite3_column_bytes(s, 2);
-                r->key = arena_put(c, sqlite3_column_blob(s, 2), m->key_len);
+                r->key = bus_arena_put(&c->arena, sqlite3_column_blob(s, 2), m->key_len);
             }
             m->value_len = (size_t)sqlite3_column_bytes(s, 3);
-            r->value = arena_put(c, sqlite3_column_blob(s, 3), m->value_len);
+            r->value = bus_arena_put(&c->arena, sqlite3_column_blob(s, 3), m->value_len);
             m->headers_len = (size_t)sqlite3_column_bytes(s, 4);
-            r->headers =
-                m->headers_len ? arena_put(c, sqlite3_column_blob(s, 4), m->headers_len) : SIZE_MAX;
+            r->headers = m->headers_len
+                             ? bus_arena_put(&c->arena, sqlite3_column_blob(s, 4), m->headers_len)
+                             : SIZE_MAX;
             t->position = m->offset + 1;
             n++;
         }
@@ -416,11 +400,11 @@ static long fetch(bus_consumer_sqlite *c, char *err, size_t errlen)
         c->round_robin = (c->round_robin + 1) % c->topic_count;
     for (size_t i = 0; i < n; i++) {
         bus_message *m = &c->msgs[i];
-        m->key = c->refs[i].key == SIZE_MAX ? NULL : c->arena + c->refs[i].key;
-        m->value = c->arena + c->refs[i].value;
+        m->key = c->refs[i].key == SIZE_MAX ? NULL : c->arena.buf + c->refs[i].key;
+        m->value = c->arena.buf + c->refs[i].value;
         m->headers = c->refs[i].headers == SIZE_MAX
                          ? NULL
-                         : (const unsigned char *)c->arena + c->refs[i].headers;
+                         : (const unsigned char *)c->arena.buf + c->refs[i].headers;
     }
     return (long)n;
 }
