@@ -366,6 +366,13 @@ int bus_consumer_seek(bus_consumer *c, const char *topic, int32_t partition, int
     return bus_consumer_sqlite_seek(c->sqlite, topic, partition, offset, err, errlen);
 }
 
+int bus_consumer_caught_up(bus_consumer *c, int timeout_ms, char *err, size_t errlen)
+{
+    if (c->kind == BUS_KAFKA)
+        return bus_kafka_consumer_caught_up(c->kafka, timeout_ms, err, errlen);
+    return 1;
+}
+
 bus_consumer_sqlite *bus_consumer_sqlite_of(bus_consumer *c)
 {
     return c->kind == BUS_SQLITE ? c->sqlite : NULL;

@@ -226,6 +226,19 @@ int bus_consumer_seek(bus_consumer *c, const char *topic, int32_t partition, int
                       char *err, size_t errlen);
 
 /*
+ * For readers that stop once they have read everything (herald tail, herald
+ * dlq): 1 when the consumer has read every record its topics held when asked,
+ * 0 when records remain or (Kafka) the group has not assigned it partitions
+ * yet, so poll again; -1 with err filled. Embedded: always 1 (a poll with
+ * timeout 0 already returns whatever is there). Kafka: every assigned
+ * partition's position (or, before its first record, the committed offset or
+ * the reset rule's start) is at its high watermark, asked of the partition
+ * leaders with at most timeout_ms per partition; a subscription that matches
+ * no topic is caught up once the (empty) assignment arrived.
+ */
+int bus_consumer_caught_up(bus_consumer *c, int timeout_ms, char *err, size_t errlen);
+
+/*
  * Make a blocked (or the next) bus_consumer_poll() return at once with no
  * records. Async-signal-safe and thread-safe.
  */

@@ -293,7 +293,13 @@ typedef struct kc_ref {
 struct bus_kafka_consumer {
     rd_kafka_t *rk;
     int has_group;
-    int closing; /* close: revocation does not commit */
+    int closing;         /* close: revocation does not commit */
+    int assignment_seen; /* a rebalance assigned (possibly no) partitions */
+    enum bus_offset_reset reset;
+    char **topics; /* the subscription (caught_up: does any topic exist?) */
+    size_t topic_count;
+    regex_t re;
+    int has_re;
     size_t max_batch;
     atomic_int wake;
     kc_pos *pos;
@@ -379,6 +385,7 @@ static void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
     if (e == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         LOG_INFO("kafka: %d partition(s) assigned", parts->cnt);
         set_assigned(c, parts, 1);
+        c->assignment_seen = 1;
         if (cooperative)
             error = rd_kafka_incremental_assign(rk, parts);
         else
@@ -447,6 +454,23 @@ static int subscribe(bus_kafka_consumer *c, const bus_subscription *sub, char *e
     return 0;
 }
 
+/* Free the consumer's memory (after rd_kafka_destroy, if it was created). */
+static void consumer_free(bus_kafka_consumer *c)
+{
+    for (size_t i = 0; i < c->pos_count; i++)
+        free(c->pos[i].topic);
+    for (size_t i = 0; i < c->topic_count; i++)
+        free(c->topics[i]);
+    if (c->has_re)
+        regfree(&c->re);
+    free(c->topics);
+    free(c->pos);
+    free(c->msgs);
+    free(c->refs);
+    free(c->arena.buf);
+    free(c);
+}
+
 bus_kafka_consumer *bus_kafka_consumer_open(const bus_config *cfg, const bus_subscription *sub,
                                             char *err, size_t errlen)
 {
@@ -461,6 +485,15 @@ bus_kafka_consumer *bus_kafka_consumer_open(const bus_config *cfg, const bus_sub
     atomic_init(&c->wake, 0);
     c->max_batch = sub->max_batch ? sub->max_batch : DEFAULT_MAX_BATCH;
     c->has_group = sub->group_id != NULL;
+    c->reset = sub->reset;
+    if (sub->pattern) {
+        c->has_re = sub->pattern[0] &&
+                    regcomp(&c->re, sub->pattern, REG_EXTENDED | REG_NOSUB) == 0; /* else refused */
+    } else {
+        c->topics = xcalloc(sub->topic_count, sizeof(*c->topics));
+        for (size_t i = 0; i < sub->topic_count; i++)
+            c->topics[c->topic_count++] = xstrdup(sub->topics[i] ? sub->topics[i] : "");
+    }
     char anon[96];
     if (!c->has_group) /* a group of its own that never commits */
         snprintf(anon, sizeof(anon), "herald-nogroup-%ld-%lld", (long)getpid(),
@@ -473,7 +506,7 @@ bus_kafka_consumer *bus_kafka_consumer_open(const bus_config *cfg, const bus_sub
         conf_set(conf, "enable.partition.eof", "false", err, errlen) != 0 ||
         conf_apply_props(conf, cfg, err, errlen) != 0) {
         rd_kafka_conf_destroy(conf);
-        free(c);
+        consumer_free(c);
         return NULL;
     }
     rd_kafka_conf_set_rebalance_cb(conf, kafka_rebalance_cb);
@@ -483,7 +516,7 @@ bus_kafka_consumer *bus_kafka_consumer_open(const bus_config *cfg, const bus_sub
     if (!c->rk) {
         util_error(err, errlen, "cannot create Kafka consumer: %s", why);
         rd_kafka_conf_destroy(conf);
-        free(c);
+        consumer_free(c);
         return NULL;
     }
     rd_kafka_poll_set_consumer(c->rk);
@@ -491,7 +524,7 @@ bus_kafka_consumer *bus_kafka_consumer_open(const bus_config *cfg, const bus_sub
         c->closing = 1;
         rd_kafka_consumer_close(c->rk);
         rd_kafka_destroy(c->rk);
-        free(c);
+        consumer_free(c);
         return NULL;
     }
     c->msgs = xmalloc(c->max_batch * sizeof(*c->msgs));
@@ -652,6 +685,76 @@ int bus_kafka_consumer_seek(bus_kafka_consumer *c, const char *topic, int32_t pa
     return rc;
 }
 
+/* Where p's next read starts before a record was returned from it: the
+ * group's committed offset, else the reset rule's end of [low, high). */
+static int start_offset(bus_kafka_consumer *c, const kc_pos *p, int64_t low, int64_t high,
+                        int timeout_ms, int64_t *start, char *err, size_t errlen)
+{
+    *start = c->reset == BUS_RESET_LATEST ? high : low;
+    if (!c->has_group)
+        return 0;
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(list, p->topic, p->partition);
+    rd_kafka_resp_err_t e = rd_kafka_committed(c->rk, list, timeout_ms);
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+        e = list->elems[0].err;
+    int64_t committed = list->elems[0].offset;
+    rd_kafka_topic_partition_list_destroy(list);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return util_error(err, errlen, "Kafka committed offset of %s [%d]: %s", p->topic,
+                          (int)p->partition, rd_kafka_err2str(e));
+    if (committed >= low) /* else none, or gone: the reset rule applies */
+        *start = committed;
+    return 0;
+}
+
+/* 1 if the cluster has a topic that c's subscription names or matches, 0
+ * if not (then it never gets partitions to read), -1 on error (err). */
+static int any_topic(bus_kafka_consumer *c, int timeout_ms, char *err, size_t errlen)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(c->rk, 1, NULL, &md, timeout_ms);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return util_error(err, errlen, "Kafka metadata: %s", rd_kafka_err2str(e));
+    int found = 0;
+    for (int i = 0; i < md->topic_cnt && !found; i++) {
+        const char *name = md->topics[i].topic;
+        if (md->topics[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)
+            continue;
+        if (c->has_re)
+            found = regexec(&c->re, name, 0, NULL, 0) == 0;
+        for (size_t t = 0; t < c->topic_count && !found; t++)
+            found = strcmp(c->topics[t], name) == 0;
+    }
+    rd_kafka_metadata_destroy(md);
+    return found;
+}
+
+int bus_kafka_consumer_caught_up(bus_kafka_consumer *c, int timeout_ms, char *err, size_t errlen)
+{
+    if (!c->assignment_seen) { /* nothing to wait for if nothing matches */
+        int any = any_topic(c, timeout_ms, err, errlen);
+        return any < 0 ? -1 : !any;
+    }
+    for (size_t i = 0; i < c->pos_count; i++) {
+        const kc_pos *p = &c->pos[i];
+        if (!p->assigned)
+            continue;
+        int64_t low, high, at = p->next;
+        rd_kafka_resp_err_t e = rd_kafka_query_watermark_offsets(c->rk, p->topic, p->partition,
+                                                                 &low, &high, timeout_ms);
+        if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+            return util_error(err, errlen, "Kafka watermarks of %s [%d]: %s", p->topic,
+                              (int)p->partition, rd_kafka_err2str(e));
+        if (at < 0 && high > low &&
+            start_offset(c, p, low, high, timeout_ms, &at, err, errlen) != 0)
+            return -1;
+        if (at < high && high > low)
+            return 0;
+    }
+    return 1;
+}
+
 void bus_kafka_consumer_wakeup(bus_kafka_consumer *c)
 {
     atomic_store(&c->wake, 1);
@@ -666,11 +769,5 @@ void bus_kafka_consumer_close(bus_kafka_consumer *c)
     if (e)
         LOG_WARN("kafka: consumer close: %s", rd_kafka_err2str(e));
     rd_kafka_destroy(c->rk);
-    for (size_t i = 0; i < c->pos_count; i++)
-        free(c->pos[i].topic);
-    free(c->pos);
-    free(c->msgs);
-    free(c->refs);
-    free(c->arena.buf);
-    free(c);
+    consumer_free(c);
 }

@@ -43,6 +43,8 @@ int bus_kafka_consumer_commit(bus_kafka_consumer *c, char *err, size_t errlen);
 /* As bus_consumer_seek(): the partition must be assigned to this consumer. */
 int bus_kafka_consumer_seek(bus_kafka_consumer *c, const char *topic, int32_t partition,
                             int64_t offset, char *err, size_t errlen);
+/* As bus_consumer_caught_up(): positions against the high watermarks. */
+int bus_kafka_consumer_caught_up(bus_kafka_consumer *c, int timeout_ms, char *err, size_t errlen);
 /* As bus_consumer_wakeup() (async-signal-safe: sets an atomic flag that a
  * poll checks at least every 100 ms). */
 void bus_kafka_consumer_wakeup(bus_kafka_consumer *c);

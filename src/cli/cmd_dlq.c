@@ -10,9 +10,21 @@
  * receives the replayed event; the groups that had handled it drop it by
  * its event_id (the runtime's de-duplication), so only the group that failed
  * acts on it. If it fails again, it becomes a new dead letter.
+ *
+ * Kafka (HERALD_BUS=kafka:...): the .dlq topics are read through the bus
+ * until the consumer has caught up with their high watermarks (a throw-away
+ * group, nothing committed). The replay marks live in the data directory's
+ * database, like the agents' de-duplication state; a replayed record goes
+ * into the outbox in the same transaction as its mark, and a relay started
+ * here publishes it before the command returns (what it cannot publish in
+ * REPLAY_FLUSH_MS stays queued for the next herald process on this data
+ * directory). Dead letters are told apart by topic, partition and offset:
+ * a mark's dlq_topic is "TOPIC" for partition 0 (the embedded log's only
+ * one) and "TOPIC#PARTITION" otherwise.
  */
 #include "cli/cli.h"
 
+#include "bus/outbox.h"
 #include "bus/sqlite_log.h"
 #include "common/util.h"
 #include "event/event.h"
@@ -26,6 +38,12 @@
 
 #define DLQ_TOPIC_PATTERN "^.+\\.dlq$"
 #define DLQ_REPLAY_HEADER "dlq-replay-of"
+/* Kafka: how long to wait for the group's assignment and the end of the
+ * .dlq topics, the poll slice, and how long the replay relay may publish */
+#define KAFKA_READ_TIMEOUT_MS 60000
+#define KAFKA_POLL_MS 200
+#define KAFKA_WATERMARK_TIMEOUT_MS 5000
+#define REPLAY_FLUSH_MS 30000
 
 static const char *usage =
     "usage: herald dlq list [--group G] [--event-id ID] [--json]\n"
@@ -106,13 +124,24 @@ static void parse_entry(const bus_message *m, dlq_entry *e)
     }
 }
 
+/* The dead letter's name in dlq_replays (see the comment at the top). */
+static void mark_topic(const dlq_entry *e, char *out, size_t outlen)
+{
+    if (e->m->partition == 0)
+        snprintf(out, outlen, "%s", e->m->topic);
+    else
+        snprintf(out, outlen, "%s#%d", e->m->topic, (int)e->m->partition);
+}
+
 static int replayed(sqlite3 *db, const dlq_entry *e)
 {
     sqlite3_stmt *st = NULL;
+    char topic[300];
+    mark_topic(e, topic, sizeof(topic));
     if (sqlite3_prepare_v2(db, "SELECT 1 FROM dlq_replays WHERE dlq_topic = ?1 AND dlq_offset = ?2",
                            -1, &st, NULL) != SQLITE_OK)
         return 0; /* nothing was ever replayed here */
-    sqlite3_bind_text(st, 1, e->m->topic, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, e->m->offset);
     int found = sqlite3_step(st) == SQLITE_ROW;
     sqlite3_finalize(st);
@@ -128,14 +157,18 @@ static void print_entry(sqlite3 *db, const dlq_entry *e, int json)
 {
     int rep = replayed(db, e), done = handled(db, e);
     if (!json) {
-        printf("%s:%" PRId64 "  group=%s  attempts=%s  from=%s:%s  %s  %s  %s%s%s  %s\n",
-               e->m->topic, e->m->offset, e->group, e->attempts, e->topic, e->offset,
+        char part[16] = ""; /* Kafka: the partition, when not 0 */
+        if (e->m->partition != 0)
+            snprintf(part, sizeof(part), "[%d]", (int)e->m->partition);
+        printf("%s%s:%" PRId64 "  group=%s  attempts=%s  from=%s:%s  %s  %s  %s%s%s  %s\n",
+               e->m->topic, part, e->m->offset, e->group, e->attempts, e->topic, e->offset,
                e->event_type[0] ? e->event_type : "(invalid)", e->event_id[0] ? e->event_id : "-",
                e->failed_at, rep ? "  replayed" : "", done ? "  handled" : "", e->reason);
         return;
     }
     json_t *o = json_object();
     json_object_set_new(o, "dlq_topic", json_string(e->m->topic));
+    json_object_set_new(o, "dlq_partition", json_integer(e->m->partition));
     json_object_set_new(o, "dlq_offset", json_integer(e->m->offset));
     json_object_set_new(o, "group", json_string(e->group));
     json_object_set_new(o, "attempts", json_integer(atoi(e->attempts)));
@@ -172,11 +205,13 @@ static int ensure_replay_table(bus_log *log, char *err, size_t errlen)
     return 0;
 }
 
-/* Publish e's original record again and mark e replayed, in the open txn. */
-static int replay_entry(bus_log *log, const dlq_entry *e, char *err, size_t errlen)
+/* Publish e's original record again (into the outbox when outbox is set)
+ * and mark e replayed, in the open transaction. */
+static int replay_entry(bus_log *log, int outbox, const dlq_entry *e, char *err, size_t errlen)
 {
-    char from[300];
-    snprintf(from, sizeof(from), "%s:%" PRId64, e->m->topic, e->m->offset);
+    char topic[300], from[340];
+    mark_topic(e, topic, sizeof(topic));
+    snprintf(from, sizeof(from), "%s:%" PRId64, topic, e->m->offset);
     bus_header h = {DLQ_REPLAY_HEADER, from, strlen(from)};
     bus_record r = BUS_RECORD_INIT;
     r.topic = e->topic;
@@ -186,7 +221,8 @@ static int replay_entry(bus_log *log, const dlq_entry *e, char *err, size_t errl
     r.value_len = e->m->value_len;
     r.headers = &h;
     r.header_count = 1;
-    if (bus_log_append(log, &r, 1, NULL, err, errlen) != 0)
+    if ((outbox ? bus_outbox_append(log, &r, 1, err, errlen)
+                : bus_log_append(log, &r, 1, NULL, err, errlen)) != 0)
         return -1;
     sqlite3_stmt *st = NULL;
     sqlite3 *db = bus_log_db(log);
@@ -195,7 +231,7 @@ static int replay_entry(bus_log *log, const dlq_entry *e, char *err, size_t errl
                            " VALUES (?1, ?2, ?3)",
                            -1, &st, NULL) != SQLITE_OK)
         return util_error(err, errlen, "cannot mark a replay: %s", sqlite3_errmsg(db));
-    sqlite3_bind_text(st, 1, e->m->topic, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, topic, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, e->m->offset);
     sqlite3_bind_int64(st, 3, util_now_ms());
     int rc = sqlite3_step(st);
@@ -233,10 +269,14 @@ int cmd_dlq(int argc, char **argv, herald_config *cfg)
     bus_config bus;
     if (config_bus(cfg, &bus, err, sizeof(err)) != 0)
         goto fail;
-    log = bus_log_open(&bus, err, sizeof(err));
+    int kafka = bus.kind == BUS_KAFKA;
+    bus_config local = bus; /* Kafka: the data directory's database */
+    local.kind = BUS_SQLITE;
+    log = bus_log_open(&local, err, sizeof(err));
     if (!log)
         goto fail;
-    if (replay && ensure_replay_table(log, err, sizeof(err)) != 0)
+    if (replay && (ensure_replay_table(log, err, sizeof(err)) != 0 ||
+                   (kafka && bus_outbox_ensure(log, err, sizeof(err)) != 0)))
         goto fail;
     bus_subscription sub = BUS_SUBSCRIPTION_INIT;
     sub.pattern = DLQ_TOPIC_PATTERN;
@@ -246,15 +286,30 @@ int cmd_dlq(int argc, char **argv, herald_config *cfg)
     size_t total = 0, shown = 0, done = 0, skipped = 0;
     /* event ids replayed in this run, so one event goes out once */
     json_t *sent = json_object();
+    int64_t deadline = util_now_ms() + KAFKA_READ_TIMEOUT_MS;
     for (;;) {
         const bus_message *msgs;
         size_t n;
-        if (bus_consumer_poll(c, 0, &msgs, &n, err, sizeof(err)) != 0) {
+        if (bus_consumer_poll(c, kafka ? KAFKA_POLL_MS : 0, &msgs, &n, err, sizeof(err)) != 0) {
             json_decref(sent);
             goto fail;
         }
-        if (n == 0)
-            break;
+        if (n == 0) {
+            int end = bus_consumer_caught_up(c, KAFKA_WATERMARK_TIMEOUT_MS, err, sizeof(err));
+            if (end == 0 && util_now_ms() > deadline) {
+                util_error(err, sizeof(err),
+                           "could not read the dead-letter topics to their end within %d s",
+                           KAFKA_READ_TIMEOUT_MS / 1000);
+                end = -1;
+            }
+            if (end < 0) {
+                json_decref(sent);
+                goto fail;
+            }
+            if (end)
+                break;
+            continue;
+        }
         if (replay && bus_log_begin(log, err, sizeof(err)) != 0) {
             json_decref(sent);
             goto fail;
@@ -278,7 +333,7 @@ int cmd_dlq(int argc, char **argv, herald_config *cfg)
                 skipped++;
                 continue;
             }
-            if (replay_entry(log, &e, err, sizeof(err)) != 0) {
+            if (replay_entry(log, kafka, &e, err, sizeof(err)) != 0) {
                 bus_log_rollback(log);
                 json_decref(sent);
                 goto fail;
@@ -294,6 +349,20 @@ int cmd_dlq(int argc, char **argv, herald_config *cfg)
         }
     }
     json_decref(sent);
+    if (replay && kafka && done > 0) {
+        /* publish what was queued now (and anything else the outbox held) */
+        bus_relay *relay = bus_relay_start(&local, &bus, 0, err, sizeof(err));
+        if (!relay)
+            goto fail;
+        int64_t left = bus_relay_stop(relay, REPLAY_FLUSH_MS);
+        if (left != 0) {
+            util_error(err, sizeof(err),
+                       "%lld records are still in the outbox; the next herald process on this "
+                       "data directory publishes them",
+                       (long long)left);
+            goto fail;
+        }
+    }
     if (replay)
         fprintf(stderr,
                 "herald dlq: %zu replayed, %zu skipped (already replayed or not a valid "

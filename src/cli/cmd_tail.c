@@ -2,7 +2,8 @@
  * cmd_tail.c - `herald tail`: print events from every *-events topic as
  * JSON lines, one envelope per line.
  *
- * Without --follow it stops once it has caught up with the log; with
+ * Without --follow it stops once it has caught up with the log (Kafka: with
+ * the topics' high watermarks, once the group assigned the partitions); with
  * --group it commits after each printed batch, so the next run with the
  * same group prints only what is new (at-least-once: a batch that could not
  * be written to stdout is not committed). SIGINT/SIGTERM end --follow
@@ -23,6 +24,10 @@
 
 /* Every domain topic, and not the dead-letter topics ("...-events.dlq"). */
 #define TAIL_TOPIC_PATTERN "^[a-z][a-z0-9_]*-events$"
+/* Kafka without --follow: the poll slice while catching up, and the longest
+ * wait for a partition's high watermark */
+#define KAFKA_POLL_MS 200
+#define KAFKA_WATERMARK_TIMEOUT_MS 5000
 
 static const char *usage =
     "usage: herald tail [--group G] [--from earliest|latest] [--type PATTERN] [--follow]\n"
@@ -143,7 +148,8 @@ int cmd_tail(int argc, char **argv, herald_config *cfg)
     while (!stop_requested) {
         const bus_message *msgs;
         size_t n;
-        if (bus_consumer_poll(consumer, o.follow ? 1000 : 0, &msgs, &n, err, sizeof(err)) != 0) {
+        int wait_ms = o.follow ? 1000 : bus.kind == BUS_KAFKA ? KAFKA_POLL_MS : 0;
+        if (bus_consumer_poll(consumer, wait_ms, &msgs, &n, err, sizeof(err)) != 0) {
             fprintf(stderr, "herald tail: %s\n", err);
             goto out;
         }
@@ -159,8 +165,16 @@ int cmd_tail(int argc, char **argv, herald_config *cfg)
             fprintf(stderr, "herald tail: %s\n", err);
             goto out;
         }
-        if (n == 0 && !o.follow)
-            break;
+        if (n == 0 && !o.follow) {
+            int end =
+                bus_consumer_caught_up(consumer, KAFKA_WATERMARK_TIMEOUT_MS, err, sizeof(err));
+            if (end < 0) {
+                fprintf(stderr, "herald tail: %s\n", err);
+                goto out;
+            }
+            if (end)
+                break;
+        }
     }
     status = CLI_OK;
 out:
