@@ -18,13 +18,17 @@ So on the mock these tests prove: herald asks for the topic with the
 configured settings before using it, records flow on a cluster that starts
 empty, and with creation off a missing topic is an error that says how to
 create it and nothing is created. test_create_topics_request_on_the_wire
-proves the CreateTopics request itself against a minimal Kafka responder
-(kafka_admin_stub.py) that implements exactly ApiVersions, Metadata and
-CreateTopics.
+and its neighbours prove the CreateTopics request itself against
+AdminStub below: a minimal Kafka responder of our own (one broker,
+ApiVersions v0, Metadata v1, CreateTopics v0, nothing else) that records
+what it was asked and answers with the error codes a test gives it.
 """
 
 import json
+import socketserver
+import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -217,3 +221,200 @@ def test_a_property_for_no_client_still_fails_at_startup(herald):
     r = herald("publish", "task.created", "--data", '{"task_id":"t"}',
                env={"HERALD_BUS": "kafka:127.0.0.1:9", "HERALD_KAFKA_FETCH_WAIT_MAX_MS": "x"})
     assert r.returncode == 1 and "fetch.wait.max.ms" in r.stderr, r.stderr
+
+
+# ---- a minimal Kafka responder for the CreateTopics request -----------------
+
+API_METADATA, API_API_VERSIONS, API_CREATE_TOPICS = 3, 18, 19
+ERR_UNSUPPORTED_VERSION = 35
+ERR_TOPIC_ALREADY_EXISTS = 36
+ERR_INVALID_REPLICATION_FACTOR = 38
+
+
+class AdminStub:
+    """One fake broker (id 1, also the controller) on 127.0.0.1. It answers
+    ApiVersions (advertising only ApiVersions v0, Metadata v1 and
+    CreateTopics v0; a newer ApiVersions request gets UNSUPPORTED_VERSION
+    with that list, as KIP-511 says), Metadata (brokers, controller, the
+    topics created so far) and CreateTopics (records (name, partitions,
+    replication) in self.created and answers self.errors.get(name, 0)).
+    Every other request is left unanswered. Not a Kafka: just enough of the
+    protocol for librdkafka's metadata and admin calls."""
+
+    def __init__(self, errors=None):
+        self.errors = dict(errors or {})
+        self.created = []
+        self.topics = {}
+        self.lock = threading.Lock()
+        stub = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                try:
+                    while True:
+                        head = self._read(4)
+                        if head is None:
+                            return
+                        (size,) = struct.unpack(">i", head)
+                        body = self._read(size)
+                        if body is None:
+                            return
+                        reply = stub.answer(body)
+                        if reply is not None:
+                            self.request.sendall(struct.pack(">i", len(reply)) + reply)
+                except OSError:
+                    return
+
+            def _read(self, n):
+                data = b""
+                while len(data) < n:
+                    chunk = self.request.recv(n - len(data))
+                    if not chunk:
+                        return None
+                    data += chunk
+                return data
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def _string(s):
+        b = s.encode()
+        return struct.pack(">h", len(b)) + b
+
+    def answer(self, req):
+        api_key, version, corr = struct.unpack(">hhi", req[:8])
+        (cid_len,) = struct.unpack(">h", req[8:10])
+        body = req[10 + max(cid_len, 0):]  # request header v1 (client id)
+        head = struct.pack(">i", corr)
+        if api_key == API_API_VERSIONS:
+            apis = [(API_API_VERSIONS, 0, 0), (API_METADATA, 0, 1), (API_CREATE_TOPICS, 0, 0)]
+            err = ERR_UNSUPPORTED_VERSION if version > 0 else 0
+            out = struct.pack(">hi", err, len(apis))
+            for key, lo, hi in apis:
+                out += struct.pack(">hhh", key, lo, hi)
+            return head + out
+        if api_key == API_METADATA:
+            (n,) = struct.unpack(">i", body[:4])
+            pos, wanted = 4, []
+            for _ in range(max(n, 0)):
+                (ln,) = struct.unpack(">h", body[pos:pos + 2])
+                wanted.append(body[pos + 2:pos + 2 + ln].decode())
+                pos += 2 + ln
+            out = struct.pack(">i", 1) + struct.pack(">i", 1) + self._string("127.0.0.1")
+            out += struct.pack(">i", self.port) + struct.pack(">h", -1)  # rack: null
+            out += struct.pack(">i", 1)  # controller id
+            with self.lock:
+                names = list(self.topics) if n < 0 else wanted
+                out += struct.pack(">i", len(names))
+                for name in names:
+                    parts = self.topics.get(name)
+                    err = 0 if parts is not None else 3  # UNKNOWN_TOPIC_OR_PART
+                    out += struct.pack(">h", err) + self._string(name) + struct.pack(">b", 0)
+                    out += struct.pack(">i", parts or 0)
+                    for p in range(parts or 0):
+                        out += struct.pack(">hii", 0, p, 1) + struct.pack(">ii", 1, 1)
+                        out += struct.pack(">ii", 1, 1)
+            return head + out
+        if api_key == API_CREATE_TOPICS:
+            (n,) = struct.unpack(">i", body[:4])
+            pos, results = 4, []
+            for _ in range(n):
+                (ln,) = struct.unpack(">h", body[pos:pos + 2])
+                name = body[pos + 2:pos + 2 + ln].decode()
+                pos += 2 + ln
+                parts, repl = struct.unpack(">ih", body[pos:pos + 6])
+                pos += 6
+                (na,) = struct.unpack(">i", body[pos:pos + 4])
+                pos += 4
+                for _ in range(max(na, 0)):
+                    (nb,) = struct.unpack(">i", body[pos + 4:pos + 8])
+                    pos += 8 + 4 * max(nb, 0)
+                (nc,) = struct.unpack(">i", body[pos:pos + 4])
+                pos += 4
+                for _ in range(max(nc, 0)):
+                    for _ in range(2):
+                        (ln,) = struct.unpack(">h", body[pos:pos + 2])
+                        pos += 2 + max(ln, 0)
+                err = self.errors.get(name, 0)
+                with self.lock:
+                    self.created.append((name, parts, repl))
+                    if err == 0:
+                        self.topics[name] = parts
+                results.append((name, err))
+            out = struct.pack(">i", len(results))
+            for name, err in results:
+                out += self._string(name) + struct.pack(">h", err)
+            return head + out
+        return None  # anything else: no answer
+
+
+@pytest.fixture
+def admin_stub():
+    stub = AdminStub()
+    try:
+        yield stub
+    finally:
+        stub.stop()
+
+
+def stub_env(stub, extra=None):
+    env = {"HERALD_BUS": f"kafka:{stub.bootstrap}", "HERALD_LOG_LEVEL": "info",
+           # the stub has no InitProducerId: a plain producer
+           "HERALD_KAFKA_ENABLE_IDEMPOTENCE": "false",
+           "HERALD_KAFKA_MESSAGE_TIMEOUT_MS": "3000"}
+    env.update(extra or {})
+    return env
+
+
+def test_create_topics_request_on_the_wire(procs, data_dir, admin_stub):
+    """An agent asks for its two topics in one CreateTopics request with the
+    configured partitions, and the replication factor auto on a one-broker
+    cluster is 1; it logs each creation."""
+    agent = Proc([str(HERALD_BIN), "agent", "email", "--topic-partitions", "5"],
+                 clean_env(data_dir, stub_env(admin_stub)))
+    procs.adopt(agent.popen)
+    wait_for(lambda: len(admin_stub.created) >= 2, "CreateTopics")
+    assert admin_stub.created == [("task-events", 5, 1), ("reminder-events", 5, 1)]
+    wait_log(agent, lambda line: "created topic 'reminder-events' (5 partitions, replication "
+                                 "factor 1)" in line)
+    agent.signal(15)
+    assert agent.wait() == 0
+    # the next start finds them in the metadata and asks for nothing
+    agent = Proc([str(HERALD_BIN), "agent", "email"], clean_env(data_dir, stub_env(admin_stub)))
+    procs.adopt(agent.popen)
+    # (the consumer makes sure of its topics before "started")
+    wait_log(agent, lambda line: "herald agent email: started" in line)
+    agent.signal(15)
+    assert agent.wait() == 0
+    assert len(admin_stub.created) == 2
+
+
+def test_create_topics_already_exists_is_success_other_errors_are_precise(herald,
+                                                                           admin_stub):
+    data = '{"task_id":"t-1","title":"x"}'
+    admin_stub.errors = {"task-events": ERR_INVALID_REPLICATION_FACTOR}
+    r = herald("publish", "task.created", "--data", data, "--topic-replication", "4",
+               env=stub_env(admin_stub))
+    assert r.returncode == 1, r.stderr
+    assert admin_stub.created == [("task-events", 3, 4)]
+    assert ("cannot create Kafka topic 'task-events' (3 partitions, replication factor 4): "
+            "INVALID_REPLICATION_FACTOR") in r.stderr, r.stderr
+    # TOPIC_ALREADY_EXISTS (another process was first) counts as created:
+    # herald goes on to produce (which this stub does not answer)
+    admin_stub.errors = {"task-events": ERR_TOPIC_ALREADY_EXISTS}
+    r = herald("publish", "task.created", "--data", data, env=stub_env(admin_stub))
+    assert admin_stub.created[-1] == ("task-events", 3, 1)
+    assert "cannot create" not in r.stderr, r.stderr
+    assert "did not acknowledge" in r.stderr or "timed out" in r.stderr.lower(), r.stderr
