@@ -418,3 +418,20 @@ def test_create_topics_already_exists_is_success_other_errors_are_precise(herald
     assert admin_stub.created[-1] == ("task-events", 3, 1)
     assert "cannot create" not in r.stderr, r.stderr
     assert "did not acknowledge" in r.stderr or "timed out" in r.stderr.lower(), r.stderr
+
+
+def test_consumer_retries_a_failed_creation_from_its_poll(procs, data_dir, admin_stub):
+    """A creation that fails before subscribing does not stop the agent: it
+    logs the broker's error, subscribes, and tries again while it polls."""
+    admin_stub.errors = {"task-events": ERR_INVALID_REPLICATION_FACTOR}
+    agent = Proc([str(HERALD_BIN), "agent", "slack"], clean_env(data_dir, stub_env(admin_stub)))
+    procs.adopt(agent.popen)
+    failed = wait_log(agent, lambda line: "cannot create Kafka topic 'task-events'" in line)
+    assert "INVALID_REPLICATION_FACTOR" in failed[0] and "trying again" in failed[0], failed
+    wait_log(agent, lambda line: "herald agent slack: started" in line)
+    admin_stub.errors = {}
+    wait_log(agent, lambda line: "created topic 'task-events'" in line)
+    assert admin_stub.topics == {"task-events": 3}
+    assert len(admin_stub.created) >= 2
+    agent.signal(15)
+    assert agent.wait() == 0
