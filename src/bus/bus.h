@@ -131,13 +131,26 @@ typedef struct bus_config {
     const char *client_id;          /* client.id; NULL: "herald" */
     const char *const *kafka_props; /* NULL-terminated "name=value" librdkafka
                                        properties applied last (TLS, SASL,
-                                       tuning); NULL: none */
+                                       tuning); each client gets those that
+                                       apply to it (kafka.h); NULL: none */
+    /* Kafka topics herald produces to or subscribes to by name are created
+     * when missing (kafka.h), with: */
+    int topic_partitions;  /* partitions of a new topic; 0: BUS_DEFAULT_TOPIC_PARTITIONS */
+    int topic_replication; /* replication factor; 0: auto, min(3, brokers in
+                              the cluster's metadata) */
+    int no_topic_create;   /* 1: never create topics; a missing one is an
+                              error that says how to create it */
 } bus_config;
 
-/* Defaults: sqlite, "./herald-data", 7 days, synchronous FULL. */
+/* Defaults: sqlite, "./herald-data", 7 days, synchronous FULL; Kafka
+ * topics created with 3 partitions and replication min(3, brokers). */
 #define BUS_DEFAULT_RETENTION_MS (7LL * 24 * 3600 * 1000)
+#define BUS_DEFAULT_TOPIC_PARTITIONS 3
+#define BUS_MAX_TOPIC_PARTITIONS 10000
+#define BUS_MAX_TOPIC_REPLICATION 32767 /* the Kafka protocol's limit (int16) */
 /* clang-format off */
-#define BUS_CONFIG_INIT { BUS_SQLITE, "./herald-data", BUS_DEFAULT_RETENTION_MS, 1, NULL, NULL, NULL }
+#define BUS_CONFIG_INIT { BUS_SQLITE, "./herald-data", BUS_DEFAULT_RETENTION_MS, 1, NULL, NULL, NULL, \
+                          BUS_DEFAULT_TOPIC_PARTITIONS, 0, 0 }
 /* clang-format on */
 
 /*

@@ -55,6 +55,15 @@
 /* how long past message.timeout.ms a missing delivery report is awaited
  * before the queues are purged */
 #define REPORT_GRACE_MS 10000
+/* topic checks and creation: the wait for metadata and for the broker to
+ * complete a creation; the request itself may take this much longer */
+#define TOPIC_TIMEOUT_MS 10000
+#define TOPIC_REQUEST_MARGIN_MS 5000
+/* a consumer's first try before it subscribes, and its retries */
+#define TOPIC_OPEN_TIMEOUT_MS 5000
+#define TOPIC_RETRY_TIMEOUT_MS 2000
+#define TOPIC_RETRY_MIN_MS 1000
+#define TOPIC_RETRY_MAX_MS 30000
 
 /* ---- shared configuration -------------------------------------------- */
 
@@ -107,20 +116,265 @@ static rd_kafka_conf_t *conf_base(const bus_config *cfg, char *err, size_t errle
     return conf;
 }
 
-/* Apply cfg->kafka_props ("name=value") last, so they can override. */
-static int conf_apply_props(rd_kafka_conf_t *conf, const bus_config *cfg, char *err, size_t errlen)
+/* librdkafka's table of properties as text (rd_kafka_conf_properties_show:
+ * Markdown rows "name | C/P | range | default | importance | description"
+ * where C/P is "C", "P" or "*"); NULL if it cannot be had. free() it. */
+static char *property_table(void)
 {
-    for (const char *const *p = cfg->kafka_props; p && *p; p++) {
-        const char *eq = strchr(*p, '=');
-        if (!eq || eq == *p)
-            return util_error(err, errlen, "Kafka property '%s' is not name=value", *p);
-        char *name = xstrndup(*p, (size_t)(eq - *p));
-        int rc = conf_set(conf, name, eq + 1, err, errlen);
-        free(name);
-        if (rc != 0)
-            return -1;
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return NULL;
+    rd_kafka_conf_properties_show(f);
+    if (fclose(f) != 0) {
+        free(buf);
+        return NULL;
     }
+    return buf;
+}
+
+/* The scope of name in table (a property_table()). */
+static enum bus_kafka_scope table_scope(const char *table, const char *name)
+{
+    size_t nl = strlen(name);
+    if (nl == 0)
+        return BUS_KAFKA_SCOPE_UNKNOWN;
+    for (const char *line = table; *line;) {
+        const char *end = strchr(line, '\n');
+        if (!end)
+            end = line + strlen(line);
+        if ((size_t)(end - line) > nl && strncmp(line, name, nl) == 0) {
+            const char *q = line + nl;
+            while (q < end && *q == ' ')
+                q++;
+            if (q < end && *q == '|') {
+                for (q++; q < end && *q == ' '; q++)
+                    ;
+                if (q + 1 < end && (q[1] == ' ' || q[1] == '|')) {
+                    if (*q == '*')
+                        return BUS_KAFKA_SCOPE_BOTH;
+                    if (*q == 'C')
+                        return BUS_KAFKA_SCOPE_CONSUMER;
+                    if (*q == 'P')
+                        return BUS_KAFKA_SCOPE_PRODUCER;
+                }
+            }
+        }
+        line = *end ? end + 1 : end;
+    }
+    return BUS_KAFKA_SCOPE_UNKNOWN;
+}
+
+enum bus_kafka_scope bus_kafka_property_scope(const char *name)
+{
+    char *table = property_table();
+    enum bus_kafka_scope s = table ? table_scope(table, name) : BUS_KAFKA_SCOPE_UNKNOWN;
+    free(table);
+    return s;
+}
+
+/* Apply cfg->kafka_props ("name=value") last, so they can override; only
+ * those whose scope includes `mine`. The others are set on a scratch
+ * configuration, which checks their name and value without librdkafka
+ * warning that this client ignores them. */
+static int conf_apply_props(rd_kafka_conf_t *conf, const bus_config *cfg, enum bus_kafka_scope mine,
+                            char *err, size_t errlen)
+{
+    char *table = NULL;
+    rd_kafka_conf_t *scratch = NULL;
+    int rc = 0;
+    for (const char *const *p = cfg->kafka_props; p && *p && rc == 0; p++) {
+        const char *eq = strchr(*p, '=');
+        if (!eq || eq == *p) {
+            rc = util_error(err, errlen, "Kafka property '%s' is not name=value", *p);
+            break;
+        }
+        char *name = xstrndup(*p, (size_t)(eq - *p));
+        if (!table)
+            table = property_table();
+        enum bus_kafka_scope scope = table ? table_scope(table, name) : BUS_KAFKA_SCOPE_BOTH;
+        if (scope == BUS_KAFKA_SCOPE_UNKNOWN || (scope & mine)) {
+            rc = conf_set(conf, name, eq + 1, err, errlen); /* unknown: librdkafka says so */
+        } else {
+            if (!scratch)
+                scratch = rd_kafka_conf_new();
+            rc = conf_set(scratch, name, eq + 1, err, errlen);
+        }
+        free(name);
+    }
+    free(table);
+    if (scratch)
+        rd_kafka_conf_destroy(scratch);
+    return rc;
+}
+
+/* ---- topics ----------------------------------------------------------- */
+
+/* What a client needs to create topics (copied from the bus_config). */
+typedef struct topic_policy {
+    int create;
+    int partitions;
+    int replication; /* 0: auto */
+    char *bootstrap; /* for the kafka-topics.sh hint */
+} topic_policy;
+
+static void topic_policy_init(topic_policy *tp, const bus_config *cfg)
+{
+    tp->create = !cfg->no_topic_create;
+    tp->partitions =
+        cfg->topic_partitions > 0 ? cfg->topic_partitions : BUS_DEFAULT_TOPIC_PARTITIONS;
+    tp->replication = cfg->topic_replication > 0 ? cfg->topic_replication : 0;
+    tp->bootstrap = xstrdup(cfg->bootstrap ? cfg->bootstrap : "HOST:PORT");
+}
+
+static int topic_in_metadata(const struct rd_kafka_metadata *md, const char *topic)
+{
+    for (int i = 0; i < md->topic_cnt; i++)
+        if (strcmp(md->topics[i].topic, topic) == 0)
+            return md->topics[i].err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
     return 0;
+}
+
+/* Send one CreateTopics request for topics[0..n) and wait for its result.
+ * 0; 2 when the cluster does not support CreateTopics (err filled); or -1
+ * with err naming the first topic that could not be created. */
+static int create_topics(rd_kafka_t *rk, const topic_policy *tp, int replication, int32_t broker,
+                         const char *const *topics, size_t n, int timeout_ms, char *err,
+                         size_t errlen)
+{
+    char why[512];
+    int rc = 0;
+    rd_kafka_NewTopic_t **nt = xcalloc(n, sizeof(*nt));
+    for (size_t i = 0; i < n; i++) {
+        nt[i] = rd_kafka_NewTopic_new(topics[i], tp->partitions, replication, why, sizeof(why));
+        if (!nt[i]) {
+            rd_kafka_NewTopic_destroy_array(nt, i);
+            free(nt);
+            return util_error(err, errlen, "cannot create Kafka topic '%s': %s", topics[i], why);
+        }
+    }
+    rd_kafka_AdminOptions_t *opt = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    /* the broker waits up to timeout_ms for the creation to complete; the
+     * request gives it a little more */
+    rd_kafka_AdminOptions_set_operation_timeout(opt, timeout_ms, why, sizeof(why));
+    rd_kafka_AdminOptions_set_request_timeout(opt, timeout_ms + TOPIC_REQUEST_MARGIN_MS, why,
+                                              sizeof(why));
+    if (broker >= 0)
+        rd_kafka_AdminOptions_set_broker(opt, broker, why, sizeof(why));
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_CreateTopics(rk, nt, n, opt, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 2 * TOPIC_REQUEST_MARGIN_MS);
+    const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
+    if (!res) {
+        rc = util_error(err, errlen, "cannot create Kafka topic '%s': no answer from the cluster",
+                        topics[0]);
+    } else if (rd_kafka_event_error(ev) == RD_KAFKA_RESP_ERR__UNSUPPORTED_FEATURE) {
+        util_error(err, errlen, "%s", rd_kafka_event_error_string(ev));
+        rc = 2;
+    } else if (rd_kafka_event_error(ev)) {
+        rc = util_error(err, errlen, "cannot create Kafka topic '%s': %s: %s", topics[0],
+                        rd_kafka_err2name(rd_kafka_event_error(ev)),
+                        rd_kafka_event_error_string(ev));
+    } else {
+        size_t cnt = 0;
+        const rd_kafka_topic_result_t **tr = rd_kafka_CreateTopics_result_topics(res, &cnt);
+        for (size_t i = 0; i < cnt; i++) {
+            rd_kafka_resp_err_t e = rd_kafka_topic_result_error(tr[i]);
+            const char *name = rd_kafka_topic_result_name(tr[i]);
+            if (e == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                LOG_INFO("kafka: created topic '%s' (%d partitions, replication factor %d)", name,
+                         tp->partitions, replication);
+            } else if (e != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+                const char *msg = rd_kafka_topic_result_error_string(tr[i]);
+                if (rc == 0)
+                    rc = util_error(err, errlen,
+                                    "cannot create Kafka topic '%s' (%d partitions, replication "
+                                    "factor %d): %s: %s",
+                                    name, tp->partitions, replication, rd_kafka_err2name(e),
+                                    msg && *msg ? msg : rd_kafka_err2str(e));
+                else
+                    LOG_WARN("kafka: cannot create topic '%s': %s: %s", name, rd_kafka_err2name(e),
+                             msg && *msg ? msg : rd_kafka_err2str(e));
+            }
+        }
+        if (rc == 0 && cnt < n)
+            rc = util_error(err, errlen, "cannot create Kafka topic '%s': incomplete answer",
+                            topics[0]);
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_AdminOptions_destroy(opt);
+    rd_kafka_NewTopic_destroy_array(nt, n);
+    free(nt);
+    return rc;
+}
+
+/*
+ * Make sure topics[0..n) exist: one all-topics metadata request (it names
+ * no topic, so no broker auto-creates one), then, for the missing ones,
+ * one CreateTopics request (or, with creation off, an error that says how
+ * to create them). Returns 0 when all existed, 1 when some were created,
+ * -1 with err filled. A cluster that does not support CreateTopics (brokers
+ * before 0.10.2, librdkafka's mock cluster) leaves the missing topics to
+ * the brokers' automatic creation: that is logged and counts as created.
+ */
+static int ensure_topics(rd_kafka_t *rk, const topic_policy *tp, const char *const *topics,
+                         size_t n, int timeout_ms, char *err, size_t errlen)
+{
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, timeout_ms);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return util_error(err, errlen, "cannot check that Kafka topic '%s' exists: metadata: %s",
+                          topics[0], rd_kafka_err2str(e));
+    const char **missing = xcalloc(n, sizeof(*missing));
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        int dup = 0;
+        for (size_t k = 0; k < m && !dup; k++)
+            dup = strcmp(missing[k], topics[i]) == 0;
+        if (!dup && !topic_in_metadata(md, topics[i]))
+            missing[m++] = topics[i];
+    }
+    int brokers = md->broker_cnt;
+    /* CreateTopics goes to the controller; when the metadata names none of
+     * its brokers as controller (librdkafka's mock cluster says 0 while its
+     * brokers are 1..N), to the broker that answered: brokers since Kafka
+     * 2.8 forward it to the controller. */
+    int32_t controller = rd_kafka_controllerid(rk, 0), broker = md->orig_broker_id;
+    for (int i = 0; i < md->broker_cnt; i++)
+        if (md->brokers[i].id == controller)
+            broker = -1;
+    rd_kafka_metadata_destroy(md);
+    int rc = 0;
+    if (m > 0) {
+        int replication = tp->replication ? tp->replication
+                          : brokers < 1   ? 1
+                          : brokers < 3   ? brokers
+                                          : 3;
+        if (!tp->create)
+            rc = util_error(err, errlen,
+                            "Kafka topic '%s'%s does not exist and herald may not create topics "
+                            "(HERALD_TOPIC_CREATE=0, --no-create-topics); create it with: "
+                            "kafka-topics.sh --bootstrap-server %s --create --topic %s "
+                            "--partitions %d --replication-factor %d",
+                            missing[0], m > 1 ? " (and others)" : "", tp->bootstrap, missing[0],
+                            tp->partitions, replication);
+        else
+            rc = create_topics(rk, tp, replication, broker, missing, m, timeout_ms, err, errlen);
+        if (rc == 2) {
+            LOG_WARN("kafka: cannot create topic '%s'%s (%d partitions, replication factor %d): "
+                     "the cluster does not support it (%s); leaving it to the brokers' automatic "
+                     "creation",
+                     missing[0], m > 1 ? " and others" : "", tp->partitions, replication, err);
+            rc = 1;
+        } else if (rc == 0) {
+            rc = 1;
+        }
+    }
+    free(missing);
+    return rc;
 }
 
 /* ---- producer --------------------------------------------------------- */
@@ -137,6 +391,9 @@ struct bus_kafka_producer {
     dr_slot *slots;
     size_t slot_cap;
     size_t pending; /* records produced whose report has not come */
+    topic_policy topics;
+    char **known; /* topics known to exist (checked or created) */
+    size_t known_count, known_cap;
 };
 
 static void kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -159,9 +416,13 @@ bus_kafka_producer *bus_kafka_producer_open(const bus_config *cfg, char *err, si
     if (!conf)
         return NULL;
     bus_kafka_producer *p = xcalloc(1, sizeof(*p));
+    topic_policy_init(&p->topics, cfg);
+    /* with creation off, herald must not make brokers create topics either */
     if (conf_set(conf, "acks", "all", err, errlen) != 0 ||
         conf_set(conf, "enable.idempotence", "true", err, errlen) != 0 ||
-        conf_apply_props(conf, cfg, err, errlen) != 0)
+        (cfg->no_topic_create &&
+         conf_set(conf, "allow.auto.create.topics", "false", err, errlen) != 0) ||
+        conf_apply_props(conf, cfg, BUS_KAFKA_SCOPE_PRODUCER, err, errlen) != 0)
         goto fail;
     char buf[64];
     size_t sz = sizeof(buf);
@@ -179,8 +440,51 @@ bus_kafka_producer *bus_kafka_producer_open(const bus_config *cfg, char *err, si
     return p;
 fail:
     rd_kafka_conf_destroy(conf);
+    free(p->topics.bootstrap);
     free(p);
     return NULL;
+}
+
+static int producer_knows(const bus_kafka_producer *p, const char *topic)
+{
+    for (size_t i = 0; i < p->known_count; i++)
+        if (strcmp(p->known[i], topic) == 0)
+            return 1;
+    return 0;
+}
+
+/* Make sure every topic of records[0..n) exists (once per topic for the
+ * producer's life). 0, or -1 with err filled. */
+static int producer_ensure_topics(bus_kafka_producer *p, const bus_record *records, size_t n,
+                                  char *err, size_t errlen)
+{
+    const char **todo = NULL;
+    size_t t = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (producer_knows(p, records[i].topic))
+            continue;
+        int dup = 0;
+        for (size_t k = 0; k < t && !dup; k++)
+            dup = strcmp(todo[k], records[i].topic) == 0;
+        if (dup)
+            continue;
+        if (!todo)
+            todo = xcalloc(n, sizeof(*todo));
+        todo[t++] = records[i].topic;
+    }
+    if (t == 0)
+        return 0;
+    int rc = ensure_topics(p->rk, &p->topics, todo, t, TOPIC_TIMEOUT_MS, err, errlen);
+    if (rc >= 0) {
+        if (p->known_count + t > p->known_cap) {
+            p->known_cap = (p->known_count + t) * 2;
+            p->known = xrealloc(p->known, p->known_cap * sizeof(*p->known));
+        }
+        for (size_t k = 0; k < t; k++)
+            p->known[p->known_count++] = xstrdup(todo[k]);
+    }
+    free(todo);
+    return rc < 0 ? -1 : 0;
 }
 
 /* Hand record r to librdkafka with slot as its opaque; QUEUE_FULL waits
@@ -224,6 +528,8 @@ int bus_kafka_produce(bus_kafka_producer *p, const bus_record *records, size_t n
         if (!records[i].topic || !bus_topic_name_valid(records[i].topic))
             return util_error(err, errlen, "invalid topic name '%s'",
                               records[i].topic ? records[i].topic : "(null)");
+    if (producer_ensure_topics(p, records, n, err, errlen) != 0)
+        return -1;
     if (n > p->slot_cap) {
         p->slots = xrealloc(p->slots, n * sizeof(*p->slots));
         p->slot_cap = n;
@@ -271,6 +577,10 @@ void bus_kafka_producer_close(bus_kafka_producer *p)
         LOG_WARN("kafka: %d records not delivered at close", rd_kafka_outq_len(p->rk));
     rd_kafka_destroy(p->rk);
     free(p->slots);
+    for (size_t i = 0; i < p->known_count; i++)
+        free(p->known[i]);
+    free(p->known);
+    free(p->topics.bootstrap);
     free(p);
 }
 
@@ -296,8 +606,6 @@ struct bus_kafka_consumer {
     int closing;         /* close: revocation does not commit */
     int assignment_seen; /* a rebalance assigned (possibly no) partitions */
     enum bus_offset_reset reset;
-    char **topics; /* the subscription (caught_up: does any topic exist?) */
-    size_t topic_count;
     regex_t re;
     int has_re;
     size_t max_batch;
@@ -307,6 +615,15 @@ struct bus_kafka_consumer {
     bus_message *msgs;
     kc_ref *refs;
     bus_arena arena;
+    /* topics subscribed by name, made sure of before subscribing; while
+     * that has not succeeded, poll tries again at ensure_next_ms */
+    topic_policy topics;
+    char **names;
+    size_t name_count;
+    int ensure_pending;
+    int ensure_failing; /* the last try failed (logged once per streak) */
+    int64_t ensure_next_ms;
+    int64_t ensure_backoff_ms;
 };
 
 static kc_pos *pos_find(bus_kafka_consumer *c, const char *topic, int32_t partition, int create)
@@ -413,6 +730,42 @@ static void kafka_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e,
     }
 }
 
+/*
+ * Make sure the topics subscribed by name exist (see ensure_topics). Never
+ * fails: on an error it logs (once per streak of failures) and schedules a
+ * retry with a backoff. A retry that created topics keeps the check pending
+ * so the next one, which finds them in the all-topics metadata, makes a
+ * subscription that saw them missing join again with their partitions.
+ */
+static void consumer_ensure_topics(bus_kafka_consumer *c, int before_subscribe, int timeout_ms)
+{
+    char why[1024];
+    int rc = ensure_topics(c->rk, &c->topics, (const char *const *)c->names, c->name_count,
+                           timeout_ms, why, sizeof(why));
+    int64_t now = util_now_ms();
+    if (rc < 0) {
+        if (!c->ensure_failing) {
+            if (c->topics.create)
+                LOG_WARN("kafka: %s; subscribing anyway and trying again", why);
+            else
+                LOG_ERROR("kafka: %s; subscribing anyway and checking again", why);
+        }
+        c->ensure_failing = 1;
+        c->ensure_pending = 1;
+        c->ensure_backoff_ms = c->ensure_backoff_ms ? c->ensure_backoff_ms * 2 : TOPIC_RETRY_MIN_MS;
+        if (c->ensure_backoff_ms > TOPIC_RETRY_MAX_MS)
+            c->ensure_backoff_ms = TOPIC_RETRY_MAX_MS;
+        c->ensure_next_ms = now + c->ensure_backoff_ms;
+        return;
+    }
+    if (c->ensure_failing)
+        LOG_INFO("kafka: the subscribed topics exist now");
+    c->ensure_failing = 0;
+    c->ensure_backoff_ms = 0;
+    c->ensure_pending = rc == 1 && !before_subscribe;
+    c->ensure_next_ms = now + TOPIC_RETRY_MIN_MS / 2;
+}
+
 static int subscribe(bus_kafka_consumer *c, const bus_subscription *sub, char *err, size_t errlen)
 {
     rd_kafka_topic_partition_list_t *list =
@@ -447,6 +800,12 @@ static int subscribe(bus_kafka_consumer *c, const bus_subscription *sub, char *e
         rd_kafka_topic_partition_list_destroy(list);
         return util_error(err, errlen, "subscription names no topic and no pattern");
     }
+    if (!sub->pattern) {
+        c->names = xcalloc(sub->topic_count, sizeof(*c->names));
+        for (size_t i = 0; i < sub->topic_count; i++)
+            c->names[c->name_count++] = xstrdup(sub->topics[i]);
+        consumer_ensure_topics(c, 1, TOPIC_OPEN_TIMEOUT_MS);
+    }
     rd_kafka_resp_err_t e = rd_kafka_subscribe(c->rk, list);
     rd_kafka_topic_partition_list_destroy(list);
     if (e != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -454,17 +813,18 @@ static int subscribe(bus_kafka_consumer *c, const bus_subscription *sub, char *e
     return 0;
 }
 
-/* Free the consumer's memory (after rd_kafka_destroy, if it was created). */
+/* Free what the consumer owns besides its rd_kafka_t. */
 static void consumer_free(bus_kafka_consumer *c)
 {
     for (size_t i = 0; i < c->pos_count; i++)
         free(c->pos[i].topic);
-    for (size_t i = 0; i < c->topic_count; i++)
-        free(c->topics[i]);
+    free(c->pos);
+    for (size_t i = 0; i < c->name_count; i++)
+        free(c->names[i]);
+    free(c->names);
+    free(c->topics.bootstrap);
     if (c->has_re)
         regfree(&c->re);
-    free(c->topics);
-    free(c->pos);
     free(c->msgs);
     free(c->refs);
     free(c->arena.buf);
@@ -483,17 +843,13 @@ bus_kafka_consumer *bus_kafka_consumer_open(const bus_config *cfg, const bus_sub
         return NULL;
     bus_kafka_consumer *c = xcalloc(1, sizeof(*c));
     atomic_init(&c->wake, 0);
+    topic_policy_init(&c->topics, cfg);
     c->max_batch = sub->max_batch ? sub->max_batch : DEFAULT_MAX_BATCH;
     c->has_group = sub->group_id != NULL;
     c->reset = sub->reset;
-    if (sub->pattern) {
+    if (sub->pattern) /* for caught_up: does any topic match? */
         c->has_re = sub->pattern[0] &&
                     regcomp(&c->re, sub->pattern, REG_EXTENDED | REG_NOSUB) == 0; /* else refused */
-    } else {
-        c->topics = xcalloc(sub->topic_count, sizeof(*c->topics));
-        for (size_t i = 0; i < sub->topic_count; i++)
-            c->topics[c->topic_count++] = xstrdup(sub->topics[i] ? sub->topics[i] : "");
-    }
     char anon[96];
     if (!c->has_group) /* a group of its own that never commits */
         snprintf(anon, sizeof(anon), "herald-nogroup-%ld-%lld", (long)getpid(),
@@ -504,7 +860,7 @@ bus_kafka_consumer *bus_kafka_consumer_open(const bus_config *cfg, const bus_sub
         conf_set(conf, "enable.auto.commit", "false", err, errlen) != 0 ||
         conf_set(conf, "enable.auto.offset.store", "false", err, errlen) != 0 ||
         conf_set(conf, "enable.partition.eof", "false", err, errlen) != 0 ||
-        conf_apply_props(conf, cfg, err, errlen) != 0) {
+        conf_apply_props(conf, cfg, BUS_KAFKA_SCOPE_CONSUMER, err, errlen) != 0) {
         rd_kafka_conf_destroy(conf);
         consumer_free(c);
         return NULL;
@@ -616,6 +972,8 @@ int bus_kafka_consumer_poll(bus_kafka_consumer *c, int timeout_ms, const bus_mes
                 break;
             slice = left <= 0 ? 0 : left < WAKE_SLICE_MS ? (int)left : WAKE_SLICE_MS;
         }
+        if (n == 0 && c->ensure_pending && util_now_ms() >= c->ensure_next_ms)
+            consumer_ensure_topics(c, 0, TOPIC_RETRY_TIMEOUT_MS);
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, slice);
         if (!m) {
             if (n > 0 || (timeout_ms >= 0 && util_now_ms() >= deadline))
@@ -723,8 +1081,8 @@ static int any_topic(bus_kafka_consumer *c, int timeout_ms, char *err, size_t er
             continue;
         if (c->has_re)
             found = regexec(&c->re, name, 0, NULL, 0) == 0;
-        for (size_t t = 0; t < c->topic_count && !found; t++)
-            found = strcmp(c->topics[t], name) == 0;
+        for (size_t t = 0; t < c->name_count && !found; t++)
+            found = strcmp(c->names[t], name) == 0;
     }
     rd_kafka_metadata_destroy(md);
     return found;

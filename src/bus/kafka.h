@@ -15,6 +15,26 @@
  *
  * cfg->kafka_props ("name=value") are applied after herald's own settings,
  * so they can override them (e.g. fetch.wait.max.ms for the mock cluster).
+ * Each client gets only the properties that apply to it: librdkafka's own
+ * property table says whether a property is for consumers, producers or
+ * both (bus_kafka_property_scope()); one that does not apply is still
+ * checked (name and value) so a bad one fails at open, but is not set, so
+ * librdkafka prints no CONFWARN. A name librdkafka does not know fails.
+ *
+ * Topics: before the first record for a topic, the producer makes sure the
+ * topic exists (one all-topics metadata request, then one CreateTopics
+ * request for the missing ones, with cfg->topic_partitions and
+ * cfg->topic_replication; TOPIC_ALREADY_EXISTS counts as created) and
+ * remembers it; bus_kafka_produce() fails with the broker's error
+ * otherwise, so the caller retries (the outbox relay backs off). A consumer
+ * with explicit topic names does the same before it subscribes; if that
+ * fails (cluster unreachable, no permission) it logs, subscribes anyway and
+ * tries again from bus_kafka_consumer_poll() with a backoff, so an agent
+ * started before any producer, or before the cluster, gets its records.
+ * With cfg->no_topic_create set, nothing is created: a missing topic is an
+ * error (producer) or an error line (consumer) that names the topic and
+ * gives the kafka-topics.sh command that creates it. Pattern subscriptions
+ * create nothing.
  */
 #ifndef HERALD_BUS_KAFKA_H
 #define HERALD_BUS_KAFKA_H
@@ -23,6 +43,18 @@
 
 typedef struct bus_kafka_producer bus_kafka_producer;
 typedef struct bus_kafka_consumer bus_kafka_consumer;
+
+/* Which clients a librdkafka property applies to, from librdkafka's own
+ * property table (rd_kafka_conf_properties_show()). */
+enum bus_kafka_scope {
+    BUS_KAFKA_SCOPE_UNKNOWN = 0, /* not a librdkafka property */
+    BUS_KAFKA_SCOPE_PRODUCER = 1,
+    BUS_KAFKA_SCOPE_CONSUMER = 2,
+    BUS_KAFKA_SCOPE_BOTH = 3, /* PRODUCER | CONSUMER */
+};
+
+/* The scope of property `name` (e.g. "fetch.wait.max.ms": CONSUMER). */
+enum bus_kafka_scope bus_kafka_property_scope(const char *name);
 
 /* As bus_producer_open(). */
 bus_kafka_producer *bus_kafka_producer_open(const bus_config *cfg, char *err, size_t errlen);

@@ -68,7 +68,7 @@ int cli_parse(const char *cmd, int argc, char **argv, const cli_option *opts, si
         int setting = !opt && is_setting(name);
         if (!opt && !setting)
             goto unknown;
-        int takes_value = setting || opt->takes_value;
+        int takes_value = setting ? config_flag_takes_value(name) : opt->takes_value;
         if (takes_value) {
             if (eq) {
                 value = eq + 1;

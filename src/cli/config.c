@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "common/util.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,6 +192,51 @@ static int set_retry_attempts(herald_config *cfg, const char *v, char *err, size
     return 0;
 }
 
+/* A whole decimal number in [lo, hi]; 0, or -1 with err filled. */
+static int parse_count(const char *v, long lo, long hi, int *out, char *err, size_t errlen)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (end == v || *end || errno || n < lo || n > hi)
+        return util_error(err, errlen, "must be a whole number from %ld to %ld, not '%s'", lo, hi,
+                          v);
+    *out = (int)n;
+    return 0;
+}
+
+static int set_topic_partitions(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    return parse_count(v, 1, BUS_MAX_TOPIC_PARTITIONS, &cfg->topic_partitions, err, errlen);
+}
+
+static int set_topic_replication(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    if (strcmp(v, "auto") == 0) {
+        cfg->topic_replication = 0;
+        return 0;
+    }
+    char why[128];
+    if (parse_count(v, 1, BUS_MAX_TOPIC_REPLICATION, &cfg->topic_replication, why, sizeof(why)) !=
+        0)
+        return util_error(err, errlen, "%s (or 'auto')", why);
+    return 0;
+}
+
+static int set_topic_create(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    if (strcmp(v, "1") == 0)
+        cfg->topic_create = 1;
+    else if (strcmp(v, "0") == 0)
+        cfg->topic_create = 0;
+    else
+        return util_error(err, errlen,
+                          "must be 1 (create missing Kafka topics) or 0 (never create them), not "
+                          "'%s'",
+                          v);
+    return 0;
+}
+
 /* Append "name=value" to the librdkafka properties. */
 static void add_kafka_prop(herald_config *cfg, const char *name, size_t name_len, const char *value)
 {
@@ -296,7 +342,28 @@ static const setting settings[] = {
      "a librdkafka property PROP=VALUE (repeatable; HERALD_KAFKA_SECURITY_PROTOCOL=ssl is "
      "security.protocol=ssl): TLS, SASL, tuning",
      set_kafka},
+    {"topic-partitions", "HERALD_TOPIC_PARTITIONS", "3",
+     "partitions of each Kafka topic herald creates (1..10000)", set_topic_partitions},
+    {"topic-replication", "HERALD_TOPIC_REPLICATION", "auto",
+     "replication factor of each Kafka topic herald creates; auto: min(3, brokers in the "
+     "cluster)",
+     set_topic_replication},
+    {"no-create-topics", "HERALD_TOPIC_CREATE", "1",
+     "never create Kafka topics (HERALD_TOPIC_CREATE=0); a missing topic is an error that says "
+     "how to create it",
+     set_topic_create},
 };
+
+/* A flag "no-..." is a switch: it takes no value and stands for "0". */
+static int is_switch(const char *flag)
+{
+    return strncmp(flag, "no-", 3) == 0;
+}
+
+int config_flag_takes_value(const char *name)
+{
+    return !is_switch(name);
+}
 
 size_t config_count(void)
 {
@@ -314,6 +381,10 @@ int config_set(herald_config *cfg, const char *name, const char *value, char *er
         if (strcmp(settings[i].flag, name) != 0)
             continue;
         char why[256];
+        if (is_switch(name))
+            value = "0";
+        if (!value)
+            return util_error(err, errlen, "--%s needs a value", name);
         if (settings[i].set(cfg, value, why, sizeof(why)) != 0)
             return util_error(err, errlen, "--%s: %s", name, why);
         return 0;
@@ -343,6 +414,9 @@ int config_bus(const herald_config *cfg, bus_config *bus, char *err, size_t errl
     b.retention_ms = cfg->retention_ms;
     b.synchronous_full = cfg->sync_full;
     b.kafka_props = (const char *const *)cfg->kafka_props;
+    b.topic_partitions = cfg->topic_partitions;
+    b.topic_replication = cfg->topic_replication;
+    b.no_topic_create = !cfg->topic_create;
     *bus = b;
     return 0;
 }

@@ -44,11 +44,16 @@ typedef struct herald_config {
      * NULL-terminated (NULL when none) */
     char **kafka_props;
     size_t kafka_prop_count;
+
+    /* Kafka topics herald creates when missing */
+    int topic_partitions;  /* HERALD_TOPIC_PARTITIONS, --topic-partitions */
+    int topic_replication; /* HERALD_TOPIC_REPLICATION, --topic-replication; 0: auto */
+    int topic_create;      /* HERALD_TOPIC_CREATE (0 or 1), --no-create-topics */
 } herald_config;
 
 /* clang-format off */
 #define HERALD_CONFIG_INIT {NULL, NULL, 0, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-                           NULL, NULL, 0, 0, 0, 0, 0, NULL, 0}
+                           NULL, NULL, 0, 0, 0, 0, 0, NULL, 0, 0, 0, 1}
 /* clang-format on */
 
 /* Fill cfg with the defaults, then apply the environment. 0 or -1 + err. */
@@ -57,8 +62,14 @@ int config_load(herald_config *cfg, char *err, size_t errlen);
 /*
  * Apply one setting by its flag name ("data-dir", "bus", ...). Returns 0,
  * 1 if name is not a setting, or -1 with err filled for a bad value.
+ * A switch (a flag "no-...", see config_flag_takes_value()) takes value
+ * NULL and sets its setting to "0".
  */
 int config_set(herald_config *cfg, const char *name, const char *value, char *err, size_t errlen);
+
+/* 1 if the setting with flag name takes a value ("--bus kafka:..."), 0 if
+ * it is a switch ("--no-create-topics"; its variable takes 0 or 1). */
+int config_flag_takes_value(const char *name);
 
 /* Fill a bus configuration from cfg (pointers borrow cfg's strings). */
 int config_bus(const herald_config *cfg, bus_config *bus, char *err, size_t errlen);
