@@ -311,6 +311,12 @@ int bus_produce(bus_producer *p, const bus_record *records, size_t n, int64_t *o
     return 0;
 }
 
+void bus_producer_give_up_at(bus_producer *p, int64_t deadline_ns)
+{
+    if (p && p->kind == BUS_KAFKA)
+        bus_kafka_producer_give_up_at(p->kafka, deadline_ns);
+}
+
 void bus_producer_close(bus_producer *p)
 {
     if (!p)

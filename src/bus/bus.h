@@ -183,6 +183,16 @@ bus_producer *bus_producer_open(const bus_config *cfg, char *err, size_t errlen)
 int bus_produce(bus_producer *p, const bus_record *records, size_t n, int64_t *offsets, char *err,
                 size_t errlen);
 
+/*
+ * Make bus_produce() stop waiting once util_monotonic_ns() reaches
+ * deadline_ns, in the call in progress and in every later one: records not
+ * acknowledged by then fail it (-1; some of them may still be appended, as
+ * for any failure). For a stop with a time limit while the bus is
+ * unreachable. The only producer call allowed from another thread than the
+ * one producing. Embedded backend: no effect (its calls do not wait).
+ */
+void bus_producer_give_up_at(bus_producer *p, int64_t deadline_ns);
+
 /* Close the producer; NULL is a no-op. */
 void bus_producer_close(bus_producer *p);
 

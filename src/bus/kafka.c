@@ -10,8 +10,10 @@
  * only thing that marks a record as appended; it runs on the calling thread
  * (inside rd_kafka_poll). librdkafka fails a record after message.timeout.ms
  * at the latest; should a report still be missing a while later, the queues
- * are purged, which reports every remaining record. So no call returns with
- * a report outstanding and slots are never reused while referenced.
+ * are purged, which reports every remaining record; the same happens at
+ * once when the deadline of bus_kafka_producer_give_up_at() (a stop with a
+ * time limit) passes. So no call returns with a report outstanding and
+ * slots are never reused while referenced.
  *
  * Consumer: a high-level balanced group consumer; its main queue is
  * redirected to the consumer queue, so error, log-forwarding and rebalance
@@ -390,11 +392,24 @@ struct bus_kafka_producer {
     int64_t timeout_ms; /* message.timeout.ms */
     dr_slot *slots;
     size_t slot_cap;
-    size_t pending; /* records produced whose report has not come */
+    size_t pending;          /* records produced whose report has not come */
+    atomic_llong give_up_ns; /* bus_kafka_producer_give_up_at(); 0: never */
     topic_policy topics;
     char **known; /* topics known to exist (checked or created) */
     size_t known_count, known_cap;
 };
+
+/* The deadline of bus_kafka_producer_give_up_at() has passed. */
+static int give_up_due(bus_kafka_producer *p)
+{
+    int64_t at = (int64_t)atomic_load(&p->give_up_ns);
+    return at > 0 && util_monotonic_ns() >= at;
+}
+
+void bus_kafka_producer_give_up_at(bus_kafka_producer *p, int64_t deadline_ns)
+{
+    atomic_store(&p->give_up_ns, deadline_ns > 0 ? deadline_ns : 1);
+}
 
 static void kafka_dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
@@ -416,6 +431,7 @@ bus_kafka_producer *bus_kafka_producer_open(const bus_config *cfg, char *err, si
     if (!conf)
         return NULL;
     bus_kafka_producer *p = xcalloc(1, sizeof(*p));
+    atomic_init(&p->give_up_ns, 0);
     topic_policy_init(&p->topics, cfg);
     /* with creation off, herald must not make brokers create topics either */
     if (conf_set(conf, "acks", "all", err, errlen) != 0 ||
@@ -506,7 +522,7 @@ static rd_kafka_resp_err_t produce_one(bus_kafka_producer *p, const bus_record *
             RD_KAFKA_V_KEY(r->key, r->key ? r->key_len : 0),
             RD_KAFKA_V_VALUE((void *)r->value, r->value_len), RD_KAFKA_V_HEADERS(h),
             RD_KAFKA_V_OPAQUE(slot), RD_KAFKA_V_END);
-        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && util_now_ms() < deadline_ms) {
+        if (e == RD_KAFKA_RESP_ERR__QUEUE_FULL && util_now_ms() < deadline_ms && !give_up_due(p)) {
             rd_kafka_poll(p->rk, WAKE_SLICE_MS);
             continue;
         }
@@ -548,9 +564,13 @@ int bus_kafka_produce(bus_kafka_producer *p, const bus_record *records, size_t n
     int purged = 0;
     while (p->pending > 0) {
         rd_kafka_poll(p->rk, WAKE_SLICE_MS);
-        if (!purged && p->pending > 0 && util_now_ms() > deadline + REPORT_GRACE_MS) {
-            LOG_WARN("kafka: %zu delivery reports missing past message.timeout.ms; purging",
-                     p->pending);
+        int give_up = give_up_due(p);
+        if (!purged && p->pending > 0 && (give_up || util_now_ms() > deadline + REPORT_GRACE_MS)) {
+            if (give_up)
+                LOG_WARN("kafka: giving up on %zu records not acknowledged yet", p->pending);
+            else
+                LOG_WARN("kafka: %zu delivery reports missing past message.timeout.ms; purging",
+                         p->pending);
             rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
             purged = 1;
         }

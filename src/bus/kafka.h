@@ -61,6 +61,8 @@ bus_kafka_producer *bus_kafka_producer_open(const bus_config *cfg, char *err, si
 /* As bus_produce(): 0 only when every record was acknowledged. */
 int bus_kafka_produce(bus_kafka_producer *p, const bus_record *records, size_t n, int64_t *offsets,
                       char *err, size_t errlen);
+/* As bus_producer_give_up_at(). */
+void bus_kafka_producer_give_up_at(bus_kafka_producer *p, int64_t deadline_ns);
 /* As bus_producer_close(): flushes what is queued (up to 10 s). */
 void bus_kafka_producer_close(bus_kafka_producer *p);
 

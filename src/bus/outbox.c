@@ -334,8 +334,11 @@ int64_t bus_relay_stop(bus_relay *r, int flush_ms)
 {
     if (!r)
         return 0;
-    atomic_store(&r->stop_deadline_ns, util_monotonic_ns() + (int64_t)flush_ms * 1000000);
+    int64_t deadline = util_monotonic_ns() + (int64_t)flush_ms * 1000000;
+    atomic_store(&r->stop_deadline_ns, deadline);
     atomic_store(&r->stopping, 1);
+    if (r->producer) /* a bus_produce() waiting for an unreachable bus ends then */
+        bus_producer_give_up_at(r->producer, deadline);
     uint64_t one = 1;
     ssize_t ignored = write(r->wake_fd, &one, sizeof(one));
     (void)ignored;
