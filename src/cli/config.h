@@ -44,11 +44,13 @@ typedef struct herald_config {
      * NULL-terminated (NULL when none) */
     char **kafka_props;
     size_t kafka_prop_count;
+
+    int64_t stall_after_ms; /* HERALD_STALL_AFTER: /readyz and `herald lag` */
 } herald_config;
 
 /* clang-format off */
 #define HERALD_CONFIG_INIT {NULL, NULL, 0, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-                           NULL, NULL, 0, 0, 0, 0, 0, NULL, 0}
+                           NULL, NULL, 0, 0, 0, 0, 0, NULL, 0, 0}
 /* clang-format on */
 
 /* Fill cfg with the defaults, then apply the environment. 0 or -1 + err. */
