@@ -439,6 +439,26 @@ out:
     return rc;
 }
 
+int lag_local_members(const char *data_dir, const char *group)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", data_dir, BUS_LOG_FILE);
+    snapshot s = {0};
+    char err[256];
+    int n = -1;
+    if (sqlite3_open_v2(path, &s.db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        table_exists(s.db, RUNTIME_HEARTBEAT_TABLE) &&
+        load_members(&s, util_now_ms(), err, sizeof(err)) == 0) {
+        n = 0;
+        for (size_t i = 0; i < s.nmembers; i++)
+            n += s.members[i].live && s.members[i].subscription &&
+                 strcmp(s.members[i].group, group) == 0;
+    }
+    snapshot_clear(&s);
+    sqlite3_close(s.db);
+    return n;
+}
+
 /* ---- collect ---------------------------------------------------------- */
 
 static int row_cmp(const void *a, const void *b)

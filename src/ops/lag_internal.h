@@ -33,6 +33,11 @@ void lag_acc_sample(lag_acc_row *r, int64_t at_ms, int64_t position, int64_t end
 int lag_kafka_sample(const bus_config *cfg, const lag_options *opt, lag_acc *acc, char *err,
                      size_t errlen);
 
+/* Live members of group among the heartbeat rows of the runtimes on
+ * data_dir (Kafka mode keeps them in the local state database too); -1 when
+ * there is no such database or table. */
+int lag_local_members(const char *data_dir, const char *group);
+
 /* occurred_at (ms) of a record from its ce_time header or its JSON value;
  * -1 if neither holds a valid time. */
 int64_t lag_record_time(const char *value, size_t value_len, const unsigned char *headers,

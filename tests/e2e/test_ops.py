@@ -259,3 +259,60 @@ def test_readyz_of_the_api_alone(procs, data_dir):
     r = api.request("GET", "/readyz")
     assert r.status == 200, r
     assert [c["name"] for c in r.json["checks"]] == ["store", "bus"]
+
+
+# ---- herald lag on Kafka (librdkafka's mock cluster) ---------------------
+
+
+def test_lag_on_kafka_ok_then_stop(herald, procs, script):
+    from kafka_helpers import KafkaMock
+    mock = KafkaMock(topics=[("task-events", 2), ("task-events.dlq", 1)])
+    procs.adopt(mock.popen)
+    env = {"HERALD_BUS": f"kafka:{mock.bootstrap}", "HERALD_KAFKA_FETCH_WAIT_MAX_MS": "5",
+           "HERALD_KAFKA_SESSION_TIMEOUT_MS": "6000"}
+
+    def pub(task_id):
+        r = herald("publish", "task.created", "--data",
+                   json.dumps({"task_id": task_id, "title": "x", "owner_id": "u"}), env=env)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    agent = procs.herald("agent", "exec", "--group", "chan-kafka", "--types", "task.created",
+                         "--", script, env=env)
+    first = pub("k-1")
+    wait_until("the event handled on Kafka",
+               lambda: any(first["event_id"] in l and "outcome=handled" in l
+                           for l in list(agent.err_lines)))
+
+    def kafka_lag(*args):
+        args = args or ("--window", "0")
+        r = herald("lag", "--json", "--group", "chan-kafka", *args, env=env)
+        assert r.returncode in (0, 1), r.stderr
+        lines = [json.loads(line) for line in r.stdout.splitlines()]
+        return r.returncode, lines[:-1], lines[-1]
+
+    rc, rows, summary = wait_until("a committed, caught-up row", lambda: (
+        lambda r: r if r[0] == 0 and r[1] else None)(kafka_lag()))
+    assert len(rows) == 1, rows  # the one partition the key went to
+    row = rows[0]
+    assert (row["group"], row["topic"], row["committed"], row["end"], row["lag"]) == \
+        ("chan-kafka", "task-events", 1, 1, 0)
+    # the mock cluster cannot list groups: the member is known from the
+    # runtime's heartbeat on this data directory
+    assert row["alive"] is True and row["members"] == 1 and row["status"] == "OK"
+    part = row["partition"]
+
+    stop(agent)
+    waiting = [pub("k-1"), pub("k-1")]  # same key: same partition
+    # no member known any more (liveness unknown): STOP once the offset has
+    # not moved for --stall-after over the sampling window
+    before = time.time() * 1000
+    rc, rows, summary = kafka_lag("--window", "1500ms", "--samples", "2", "--stall-after", "1s")
+    after = time.time() * 1000
+    row = rows[0]
+    assert row["alive"] is None and row["members"] is None, row
+    assert rc == 1 and summary["status"] == "STOP"
+    assert (row["partition"], row["committed"], row["end"], row["lag"], row["status"]) == \
+        (part, 1, 3, 2, "STOP")
+    oldest = occurred_ms(waiting[0])
+    assert (before - oldest) / 1000 - 0.002 <= row["lag_seconds"] <= (after - oldest) / 1000 + 0.002
