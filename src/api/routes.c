@@ -747,6 +747,48 @@ static void not_found(api_response *resp, const char *path)
     api_problem(resp, 404, "not-found", "Not Found", detail, NULL);
 }
 
+void api_readyz(const api_request *req, api_ready_fn fn, void *arg, api_response *resp)
+{
+    if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "HEAD") != 0) {
+        method_not_allowed(resp, req->method, "GET, HEAD");
+        return;
+    }
+    json_t *checks = json_array();
+    int ok = fn ? fn(arg, checks) : 0;
+    json_t *body = json_object();
+    if (ok) {
+        json_object_set_new(body, "status", json_string("ready"));
+        json_object_set_new(body, "checks", checks);
+        resp->status = 200;
+        resp->body = dump(body);
+        return;
+    }
+    char detail[1024];
+    size_t len = (size_t)snprintf(detail, sizeof(detail), "%s",
+                                  fn ? "failing checks:" : "the server is starting");
+    size_t i;
+    json_t *c;
+    json_array_foreach(checks, i, c)
+    {
+        const char *status = json_string_value(json_object_get(c, "status"));
+        const char *name = json_string_value(json_object_get(c, "name"));
+        const char *why = json_string_value(json_object_get(c, "detail"));
+        if (!status || strcmp(status, "ok") == 0 || len >= sizeof(detail))
+            continue;
+        len += (size_t)snprintf(detail + len, sizeof(detail) - len, "%s %s (%s)",
+                                len > sizeof("failing checks:") - 1 ? ";" : "", name ? name : "?",
+                                why ? why : "failed");
+    }
+    json_object_set_new(body, "type", json_string("urn:herald:problem:not-ready"));
+    json_object_set_new(body, "title", json_string("Service Unavailable"));
+    json_object_set_new(body, "status", json_integer(503));
+    json_object_set_new(body, "detail", json_string(detail));
+    json_object_set_new(body, "checks", checks);
+    resp->status = 503;
+    resp->problem = 1;
+    resp->body = dump(body);
+}
+
 api_pending *api_handle(task_store *store, const api_request *req, api_response *resp)
 {
     const char *m = req->method;

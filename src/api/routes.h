@@ -69,6 +69,22 @@ void api_problem(api_response *resp, int status, const char *slug, const char *t
                  const char *detail, json_t *errors);
 
 /*
+ * Readiness (GET /readyz). A check function appends one JSON object per
+ * thing it checked to the array checks: {"name": "...", "status": "ok" or
+ * "fail", "detail": "..." (and any other members)}, and returns 1 when all
+ * passed, else 0. It is called on an HTTP thread for every probe.
+ */
+typedef int (*api_ready_fn)(void *arg, json_t *checks);
+
+/*
+ * Answer GET /readyz with fn(arg): 200 {"status": "ready", "checks": [...]}
+ * when every check passed; otherwise 503 problem+json (type
+ * urn:herald:problem:not-ready) whose detail names the failing checks, with
+ * the same "checks". fn NULL (not wired yet): 503. Other methods: 405.
+ */
+void api_readyz(const api_request *req, api_ready_fn fn, void *arg, api_response *resp);
+
+/*
  * Validate an X-Correlation-ID value: 1..128 printable ASCII characters.
  * Returns 1 if valid.
  */

@@ -53,6 +53,9 @@ struct api_server {
     pthread_mutex_t lock;
     pthread_cond_t idle;
     long in_flight;
+    /* GET /readyz (api_server_set_readiness); read under lock */
+    api_ready_fn ready_fn;
+    void *ready_arg;
 };
 
 typedef struct request_ctx {
@@ -298,6 +301,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     req->body = ctx->body;
     req->body_len = ctx->len;
     api_response resp = {0};
+    if (strcmp(url, "/readyz") == 0) {
+        pthread_mutex_lock(&srv->lock);
+        api_ready_fn fn = srv->ready_fn;
+        void *arg = srv->ready_arg;
+        pthread_mutex_unlock(&srv->lock);
+        api_readyz(req, fn, arg, &resp);
+        return send_response(conn, ctx, method, url, &resp);
+    }
     api_pending *pending = api_handle(srv->store, req, &resp);
     if (pending) {
         ctx->pending = pending;
@@ -382,6 +393,14 @@ api_server *api_server_start(const char *listen, task_store *store, char *err, s
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_BIND_PORT);
     srv->port = info ? info->port : port;
     return srv;
+}
+
+void api_server_set_readiness(api_server *srv, api_ready_fn fn, void *arg)
+{
+    pthread_mutex_lock(&srv->lock);
+    srv->ready_fn = fn;
+    srv->ready_arg = arg;
+    pthread_mutex_unlock(&srv->lock);
 }
 
 unsigned api_server_port(const api_server *srv)

@@ -8,6 +8,7 @@
 #ifndef HERALD_SERVER_H
 #define HERALD_SERVER_H
 
+#include "api/routes.h"
 #include "store/task_store.h"
 
 #include <stddef.h>
@@ -20,6 +21,13 @@ typedef struct api_server api_server;
  * Returns NULL with err filled on failure (bad address, port in use, ...).
  */
 api_server *api_server_start(const char *listen, task_store *store, char *err, size_t errlen);
+
+/*
+ * Serve GET /readyz with fn(arg) (see api_readyz() in routes.h); until this
+ * is called /readyz answers 503. arg is borrowed and must outlive the
+ * server. Thread-safe.
+ */
+void api_server_set_readiness(api_server *srv, api_ready_fn fn, void *arg);
 
 /* The port actually bound. */
 unsigned api_server_port(const api_server *srv);

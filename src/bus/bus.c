@@ -11,12 +11,14 @@
 #include "bus/bus.h"
 
 #include "bus/kafka.h"
+#include "bus/kafka_admin.h"
 #include "bus/arena.h"
 #include "bus/sqlite_consumer.h"
 #include "bus/sqlite_log.h"
 #include "common/log.h"
 #include "common/util.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -258,6 +260,33 @@ int bus_envelope_from_headers(const bus_message *m, event *ev)
     ev->source = xstrdup(source);
     ev->metadata_extra = NULL;
     return 0;
+}
+
+int bus_ping(const bus_config *cfg, int timeout_ms, char *err, size_t errlen)
+{
+    if (cfg->kind == BUS_KAFKA)
+        return bus_kafka_ping(cfg, timeout_ms, err, errlen);
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, BUS_LOG_FILE);
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = -1;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        util_error(err, errlen, "cannot open the event log '%s': %s", path,
+                   db ? sqlite3_errmsg(db) : "out of memory");
+        goto out;
+    }
+    sqlite3_busy_timeout(db, timeout_ms);
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM topics", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW) {
+        util_error(err, errlen, "the event log '%s' does not answer: %s", path, sqlite3_errmsg(db));
+        goto out;
+    }
+    rc = 0;
+out:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return rc;
 }
 
 static void run_retention(bus_producer *p)

@@ -162,6 +162,14 @@ typedef struct bus_config {
  */
 int bus_config_set_url(bus_config *cfg, const char *url, char *err, size_t errlen);
 
+/*
+ * Is the bus reachable? Embedded: the log database opens read-only and
+ * answers a trivial query (waiting at most timeout_ms for a lock). Kafka: a
+ * broker answers a metadata request within timeout_ms (a new client each
+ * call: callers cache the answer). Returns 0, or -1 with err filled.
+ */
+int bus_ping(const bus_config *cfg, int timeout_ms, char *err, size_t errlen);
+
 /* Topic names: 1..249 characters of [A-Za-z0-9._-], as in Kafka. */
 int bus_topic_name_valid(const char *topic);
 

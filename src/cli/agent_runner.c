@@ -85,3 +85,8 @@ void agent_runner_stats(agent_runner *r, size_t i, const char **name, runtime_st
     *name = agent_runtime_name(r->slots[i].rt);
     agent_runtime_stats(r->slots[i].rt, out);
 }
+
+agent_runtime *agent_runner_runtime(agent_runner *r, size_t i)
+{
+    return i < r->count ? r->slots[i].rt : NULL;
+}

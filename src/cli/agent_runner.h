@@ -32,4 +32,8 @@ void agent_runner_stop(agent_runner *r);
 size_t agent_runner_count(const agent_runner *r);
 void agent_runner_stats(agent_runner *r, size_t i, const char **name, runtime_stats *out);
 
+/* The i-th agent's runtime (owned by the runner; valid until
+ * agent_runner_stop()), e.g. for readiness checks. */
+agent_runtime *agent_runner_runtime(agent_runner *r, size_t i);
+
 #endif

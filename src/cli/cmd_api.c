@@ -14,6 +14,7 @@
 #include "cli/agent_runner.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "ops/ready.h"
 #include "store/task_store.h"
 
 #include <signal.h>
@@ -35,6 +36,8 @@ static const char *api_usage =
     "  DELETE /tasks/{id}            delete (204)\n"
     "  GET    /tasks/{id}/events     the task's events in order\n"
     "  GET    /healthz               liveness\n"
+    "  GET    /readyz                readiness: store and bus reachable, agents running\n"
+    "                                and not stalled (--stall-after); 503 names what fails\n"
     "Every change is stored together with its event (task.created, task.updated,\n"
     "task.completed, task.deleted on topic task-events) in one transaction.\n"
     "Stop with SIGINT or SIGTERM: requests in flight finish first.\n"
@@ -84,6 +87,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     api_server *srv = NULL;
     agent_runner *agents = NULL;
     bus_relay *relay = NULL;
+    ops_ready *ready = NULL;
     int with_agents = strcmp(cmd, "up") == 0;
     char err[1024];
     if (cli_finish_parse(cmd, &args, usage, 0, &status))
@@ -125,6 +129,10 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
         fprintf(stderr, "herald %s: %s\n", cmd, err);
         goto out;
     }
+    ready = ops_ready_new(&bus, store, cfg->stall_after_ms);
+    for (size_t i = 0; i < agent_runner_count(agents); i++)
+        ops_ready_add(ready, agent_runner_runtime(agents, i));
+    api_server_set_readiness(srv, ops_ready_check, ready);
     char host[256];
     unsigned port;
     api_parse_listen(cfg->listen, host, sizeof(host), &port);
@@ -150,6 +158,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     status = CLI_OK;
 out:
     api_server_stop(srv, 0);
+    ops_ready_free(ready);
     agent_runner_stop(agents);
     bus_relay_stop(relay, 0);
     task_store_close(store);

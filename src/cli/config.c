@@ -80,6 +80,13 @@ static int set_log_level(herald_config *cfg, const char *v, char *err, size_t er
     return 0;
 }
 
+static int set_log_format(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    if (log_set_format_name(v) != 0)
+        return util_error(err, errlen, "must be text or json, not '%s'", v);
+    return 0;
+}
+
 static int set_listen(herald_config *cfg, const char *v, char *err, size_t errlen)
 {
     char host[256];
@@ -180,6 +187,11 @@ static int set_retry_base(herald_config *cfg, const char *v, char *err, size_t e
 static int set_retry_max(herald_config *cfg, const char *v, char *err, size_t errlen)
 {
     return parse_ms(v, 1, &cfg->retry_max_ms, err, errlen);
+}
+
+static int set_stall_after(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    return parse_ms(v, 100, &cfg->stall_after_ms, err, errlen);
 }
 
 static int set_retry_attempts(herald_config *cfg, const char *v, char *err, size_t errlen)
@@ -313,6 +325,8 @@ static const setting settings[] = {
      "herald but not of the machine",
      set_sync},
     {"log-level", "HERALD_LOG_LEVEL", "info", "debug, info, warn, error or off", set_log_level},
+    {"log-format", "HERALD_LOG_FORMAT", "text",
+     "log lines on stderr: 'text', or 'json' (one JSON object per line)", set_log_format},
     {"listen", "HERALD_LISTEN", "127.0.0.1:8080",
      "HOST:PORT the Task API listens on (port 0: any free port)", set_listen},
     {"smtp-url", "HERALD_SMTP_URL", "",
@@ -338,6 +352,10 @@ static const setting settings[] = {
     {"retry-base", "HERALD_RETRY_BASE", "500ms", "first retry delay (doubles, with jitter)",
      set_retry_base},
     {"retry-max", "HERALD_RETRY_MAX", "30s", "longest retry delay", set_retry_max},
+    {"stall-after", "HERALD_STALL_AFTER", "30s",
+     "an agent with work that made no progress for this long is stalled (/readyz 503, "
+     "'herald lag' STALL)",
+     set_stall_after},
     {"kafka", "HERALD_KAFKA_<PROP>", "",
      "a librdkafka property PROP=VALUE (repeatable; HERALD_KAFKA_SECURITY_PROTOCOL=ssl is "
      "security.protocol=ssl): TLS, SASL, tuning",

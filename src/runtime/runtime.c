@@ -28,9 +28,23 @@
  * the event log, so the agent's rows (agent_processed, reminders, ...)
  * commit atomically with its events and offsets.
  *
- * Threads: the loop runs on one thread; agent_runtime_stop() and
- * agent_runtime_stats() may be called from others (an atomic flag, an
- * eventfd and a mutex around the counters).
+ * Per-event log line: when a record's outcome is known (handled,
+ * dead-lettered, a duplicate, skipped, or an attempt failed and will be
+ * retried), one structured line (log.h) names the outcome, type, group,
+ * event id, attempts and duration, with the correlation id; nothing is
+ * formatted when its level is off. The line tells what the handler decided:
+ * if the batch transaction then fails, an ERROR line says so and the records
+ * are handled (and logged) again.
+ *
+ * Health: the loop publishes its state in relaxed atomics (running, last
+ * poll, last progress, busy, retrying, failures) for agent_runtime_health();
+ * and every RUNTIME_HEARTBEAT_MS, and while it waits to retry, it upserts
+ * its heartbeat row (runtime.h), a tiny autocommit write outside any batch.
+ *
+ * Threads: the loop runs on one thread; agent_runtime_stop(),
+ * agent_runtime_stats() and agent_runtime_health() may be called from
+ * others (an atomic flag, an eventfd, a mutex around the counters, atomics
+ * for the health).
  */
 #include "runtime/runtime.h"
 
@@ -43,13 +57,16 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <signal.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #define DEFAULT_MAX_BATCH 256
@@ -130,6 +147,15 @@ struct agent_runtime {
     int stop_fd;
     pthread_mutex_t stats_lock;
     runtime_stats stats;
+
+    /* health (written by the loop, read by anyone) */
+    atomic_int h_running, h_busy, h_retrying, h_attempts;
+    atomic_uint h_failures;
+    atomic_llong h_started_ms, h_poll_ms, h_progress_ms;
+    /* heartbeat row */
+    sqlite3_stmt *beat, *unbeat;
+    char *subscription;
+    int64_t next_beat_ms;
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -268,6 +294,73 @@ static void stat_add(agent_runtime *rt, uint64_t *field, uint64_t n)
     pthread_mutex_unlock(&rt->stats_lock);
 }
 
+static void progress(agent_runtime *rt, int64_t now_ms)
+{
+    atomic_store_explicit(&rt->h_progress_ms, now_ms, memory_order_relaxed);
+}
+
+/* Upsert this runtime's heartbeat row when due (or force); never inside a
+ * transaction. A failure is only logged: the next beat tries again. */
+static void heartbeat(agent_runtime *rt, int force)
+{
+    int64_t now = util_now_ms();
+    if ((!force && now < rt->next_beat_ms) || !rt->beat || bus_log_in_transaction(rt->log))
+        return;
+    rt->next_beat_ms = now + RUNTIME_HEARTBEAT_MS;
+    sqlite3_stmt *st = rt->beat;
+    sqlite3_bind_text(st, 1, rt->def.group, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, (int64_t)getpid());
+    sqlite3_bind_text(st, 3, rt->def.name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, rt->subscription, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, atomic_load_explicit(&rt->h_started_ms, memory_order_relaxed));
+    sqlite3_bind_int64(st, 6, now);
+    sqlite3_bind_int64(st, 7, atomic_load_explicit(&rt->h_progress_ms, memory_order_relaxed));
+    sqlite3_bind_int(st, 8, atomic_load_explicit(&rt->h_retrying, memory_order_relaxed));
+    sqlite3_bind_int64(st, 9, atomic_load_explicit(&rt->h_failures, memory_order_relaxed));
+    if (sqlite3_step(st) != SQLITE_DONE)
+        LOG_DEBUG("%s: cannot write the heartbeat: %s", rt->def.name, sqlite3_errmsg(rt->db));
+    sqlite3_reset(st);
+}
+
+/*
+ * The per-event line (see the top of the file). ev may be NULL (a record
+ * that is not a valid envelope); t0_ns 0 leaves the duration out. fmt makes
+ * the human part of the line; nothing is formatted when level is off.
+ */
+static void log_event_line(agent_runtime *rt, enum log_level level, const bus_message *m,
+                           const event *ev, const char *outcome, int attempts, int64_t t0_ns,
+                           const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 9, 10)));
+
+static void log_event_line(agent_runtime *rt, enum log_level level, const bus_message *m,
+                           const event *ev, const char *outcome, int attempts, int64_t t0_ns,
+                           const char *reason, const char *fmt, ...)
+{
+    if (level < log_threshold)
+        return;
+    char message[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof(message), fmt, ap);
+    va_end(ap);
+    log_field f[11];
+    size_t n = 0;
+    f[n++] = LOG_STR("outcome", outcome);
+    f[n++] = LOG_STR("type", ev && ev->event_type[0] ? ev->event_type : NULL);
+    f[n++] = LOG_STR("group", rt->def.group);
+    f[n++] = LOG_STR("event_id", ev && ev->event_id[0] ? ev->event_id : NULL);
+    f[n++] = LOG_STR("agent", rt->def.name);
+    f[n++] = LOG_STR("topic", m->topic);
+    f[n++] = LOG_INT("offset", m->offset);
+    if (attempts > 0)
+        f[n++] = LOG_INT("attempts", attempts);
+    if (t0_ns)
+        f[n++] = LOG_NUM("duration_ms", (double)(util_monotonic_ns() - t0_ns) / 1e6);
+    if (reason)
+        f[n++] = LOG_STR("reason", reason);
+    log_write_fields(level, ev ? ev->correlation_id : NULL, message, f, n);
+}
+
 /* ---- the handler's context -------------------------------------------- */
 
 static int emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
@@ -396,7 +489,12 @@ static int prepare(agent_runtime *rt, const char *sql, sqlite3_stmt **stmt, char
     " SELECT g.name, lower(substr(hex(h.event_id), 1, 8) || '-' || substr(hex(h.event_id), 9, 4)"  \
     " || '-' || substr(hex(h.event_id), 13, 4) || '-' || substr(hex(h.event_id), 17, 4) || '-'"    \
     " || substr(hex(h.event_id), 21)), h.handled_ms"                                               \
-    " FROM agent_handled h JOIN agent_groups g ON g.id = h.group_id;"
+    " FROM agent_handled h JOIN agent_groups g ON g.id = h.group_id;"                              \
+    "CREATE TABLE IF NOT EXISTS " RUNTIME_HEARTBEAT_TABLE " (group_name TEXT NOT NULL,"            \
+    " pid INTEGER NOT NULL, agent TEXT NOT NULL, subscription TEXT NOT NULL,"                      \
+    " started_ms INTEGER NOT NULL, beat_ms INTEGER NOT NULL, progress_ms INTEGER NOT NULL,"        \
+    " retrying INTEGER NOT NULL, failures INTEGER NOT NULL,"                                       \
+    " PRIMARY KEY (group_name, pid)) WITHOUT ROWID;"
 
 static int create_tables(agent_runtime *rt, char *err, size_t errlen)
 {
@@ -435,6 +533,23 @@ static int create_tables(agent_runtime *rt, char *err, size_t errlen)
         return -1;
     }
     return bus_log_commit(rt->log, err, errlen);
+}
+
+/* "pattern:<regex>" or "topics:a,b" (malloc'd), for the heartbeat row. */
+static char *subscription_text(const agent_def *def)
+{
+    size_t len = 16 + (def->pattern ? strlen(def->pattern) : 0);
+    for (size_t i = 0; i < def->topic_count; i++)
+        len += strlen(def->topics[i]) + 1;
+    char *s = xmalloc(len);
+    if (def->pattern) {
+        snprintf(s, len, "pattern:%s", def->pattern);
+        return s;
+    }
+    size_t o = (size_t)snprintf(s, len, "topics:");
+    for (size_t i = 0; i < def->topic_count; i++)
+        o += (size_t)snprintf(s + o, len - o, "%s%s", i ? "," : "", def->topics[i]);
+    return s;
 }
 
 static void purge_processed(agent_runtime *rt)
@@ -522,11 +637,19 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
                 " VALUES (?1, ?2, ?3)",
                 &rt->mark, why, sizeof(why)) != 0 ||
         prepare(rt, "DELETE FROM agent_handled WHERE group_id = ?1 AND handled_ms < ?2", &rt->purge,
-                why, sizeof(why)) != 0) {
+                why, sizeof(why)) != 0 ||
+        prepare(rt,
+                "INSERT OR REPLACE INTO " RUNTIME_HEARTBEAT_TABLE " (group_name, pid, agent,"
+                " subscription, started_ms, beat_ms, progress_ms, retrying, failures)"
+                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                &rt->beat, why, sizeof(why)) != 0 ||
+        prepare(rt, "DELETE FROM " RUNTIME_HEARTBEAT_TABLE " WHERE group_name = ?1 AND pid = ?2",
+                &rt->unbeat, why, sizeof(why)) != 0) {
         util_error(err, errlen, "agent '%s': %s", def->name, why);
         goto fail;
     }
     purge_processed(rt);
+    rt->subscription = subscription_text(def);
     if (def->setup && def->setup(def->state, rt->db, why, sizeof(why)) != 0) {
         util_error(err, errlen, "agent '%s': %s", def->name, why);
         goto fail;
@@ -578,6 +701,14 @@ void agent_runtime_close(agent_runtime *rt)
     sqlite3_finalize(rt->seen);
     sqlite3_finalize(rt->mark);
     sqlite3_finalize(rt->purge);
+    if (rt->unbeat && !bus_log_in_transaction(rt->log)) {
+        sqlite3_bind_text(rt->unbeat, 1, rt->def.group, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(rt->unbeat, 2, (int64_t)getpid());
+        sqlite3_step(rt->unbeat);
+    }
+    sqlite3_finalize(rt->beat);
+    sqlite3_finalize(rt->unbeat);
+    free(rt->subscription);
     bus_consumer_close(rt->consumer);
     if (rt->def.destroy)
         rt->def.destroy(rt->def.state);
@@ -609,6 +740,28 @@ const char *agent_runtime_name(const agent_runtime *rt)
     return rt->def.name;
 }
 
+const char *agent_runtime_group(const agent_runtime *rt)
+{
+    return rt->def.group;
+}
+
+void agent_runtime_health(agent_runtime *rt, runtime_health *out)
+{
+    out->running = atomic_load_explicit(&rt->h_running, memory_order_relaxed);
+    out->started_ms = atomic_load_explicit(&rt->h_started_ms, memory_order_relaxed);
+    out->last_poll_ms = atomic_load_explicit(&rt->h_poll_ms, memory_order_relaxed);
+    out->last_progress_ms = atomic_load_explicit(&rt->h_progress_ms, memory_order_relaxed);
+    out->busy = atomic_load_explicit(&rt->h_busy, memory_order_relaxed);
+    out->retrying = atomic_load_explicit(&rt->h_retrying, memory_order_relaxed);
+    out->attempts = atomic_load_explicit(&rt->h_attempts, memory_order_relaxed);
+    out->failures = atomic_load_explicit(&rt->h_failures, memory_order_relaxed);
+}
+
+int runtime_health_stalled(const runtime_health *h, int64_t now_ms, int64_t stall_ms)
+{
+    return h->running && h->busy && now_ms - h->last_progress_ms >= stall_ms;
+}
+
 /* ---- one batch -------------------------------------------------------- */
 
 static int wants_type(const agent_runtime *rt, const char *type)
@@ -621,8 +774,8 @@ static int wants_type(const agent_runtime *rt, const char *type)
     return 0;
 }
 
-static void dead_letter(agent_runtime *rt, const bus_message *m, const char *cid,
-                        const char *reason, int attempts)
+static void dead_letter(agent_runtime *rt, const bus_message *m, const event *ev,
+                        const char *reason, int attempts, int64_t t0_ns)
 {
     pending_record *r = record_add(&rt->dead);
     size_t tl = strlen(m->topic);
@@ -644,9 +797,9 @@ static void dead_letter(agent_runtime *rt, const bus_message *m, const char *cid
     record_header(r, RUNTIME_DLQ_OFFSET, num);
     event_format_time(util_now_ms(), when);
     record_header(r, RUNTIME_DLQ_FAILED_AT, when);
-    LOG_ERROR_CID(cid, "%s: %s:%" PRId64 " dead-lettered to %s after %d attempt%s: %s",
-                  rt->def.name, m->topic, m->offset, r->topic, attempts, attempts == 1 ? "" : "s",
-                  reason);
+    log_event_line(rt, LOG_LEVEL_ERROR, m, ev, "dead-lettered", attempts, t0_ns, reason,
+                   "%s: %s:%" PRId64 " dead-lettered to %s after %d attempt%s: %s", rt->def.name,
+                   m->topic, m->offset, r->topic, attempts, attempts == 1 ? "" : "s", reason);
 }
 
 /* event_id must stay valid until clear_batch() (it points into rt->events). */
@@ -670,6 +823,27 @@ static int64_t backoff_ms(const agent_runtime *rt, int attempt)
     return d / 2 + (int64_t)((double)(d - d / 2) * ((double)r / 4294967296.0)) + 1;
 }
 
+/* A record was settled (handled or dead-lettered): that is progress. */
+static void settled(agent_runtime *rt)
+{
+    progress(rt, util_now_ms());
+}
+
+/* Sleep before a retry, beating the heartbeat meanwhile (a live member
+ * stuck on a record is told apart from a dead one). 1 when stopped. */
+static int retry_wait(agent_runtime *rt, int64_t delay_ms)
+{
+    int64_t end = util_now_ms() + delay_ms;
+    for (;;) {
+        heartbeat(rt, 0);
+        int64_t left = end - util_now_ms();
+        if (left <= 0)
+            return stopping(rt);
+        if (sleep_or_stop(rt, left < RUNTIME_HEARTBEAT_MS ? left : RUNTIME_HEARTBEAT_MS))
+            return 1;
+    }
+}
+
 /*
  * Handle one decoded event outside the transaction, with retries.
  * Returns 0 when the event is settled (handled or dead-lettered), 1 when the
@@ -678,34 +852,46 @@ static int64_t backoff_ms(const agent_runtime *rt, int attempt)
 static int handle_with_retries(agent_runtime *rt, const bus_message *m, const event *ev)
 {
     char reason[512];
+    /* timed only when the line that shows it is on: two clock reads saved */
+    int64_t t0 = log_threshold <= LOG_LEVEL_INFO ? util_monotonic_ns() : 0;
     for (int attempt = 1;; attempt++) {
         agent_ctx ctx = {rt, m, ev, attempt, -1, 0, rt->emits.count};
         reason[0] = '\0';
         agent_outcome o = rt->def.handle(rt->def.state, &ctx, ev, reason, sizeof(reason));
         if (o == AGENT_OK) {
             mark_processed(rt, ev->event_id);
+            settled(rt);
+            log_event_line(rt, LOG_LEVEL_INFO, m, ev, "handled", attempt, t0, NULL,
+                           "%s: %s [%s] handled", rt->def.name, ev->event_type, ev->event_id);
             return 0;
         }
         record_truncate(&rt->emits, ctx.emit_mark);
         if (!reason[0])
             util_strlcpy(reason, o == AGENT_RETRY ? "temporary failure" : "failed", sizeof(reason));
         if (o != AGENT_RETRY) {
-            dead_letter(rt, m, ev->correlation_id, reason, attempt);
+            dead_letter(rt, m, ev, reason, attempt, t0);
+            settled(rt);
             return 0;
         }
         stat_add(rt, &rt->stats.retried, 1);
         if (attempt >= rt->retry.max_attempts) {
             char why[600];
             snprintf(why, sizeof(why), "gave up after %d attempts: %s", attempt, reason);
-            dead_letter(rt, m, ev->correlation_id, why, attempt);
+            dead_letter(rt, m, ev, why, attempt, t0);
+            settled(rt);
             return 0;
         }
         int64_t delay = ctx.retry_after_ms >= 0 ? ctx.retry_after_ms : backoff_ms(rt, attempt);
-        LOG_WARN_CID(ev->correlation_id,
-                     "%s: %s [%s] attempt %d/%d failed: %s; retrying in %" PRId64 " ms",
-                     rt->def.name, ev->event_type, ev->event_id, attempt, rt->retry.max_attempts,
-                     reason, delay);
-        if (sleep_or_stop(rt, delay))
+        log_event_line(rt, LOG_LEVEL_WARN, m, ev, "retrying", attempt, t0, reason,
+                       "%s: %s [%s] attempt %d/%d failed: %s; retrying in %" PRId64 " ms",
+                       rt->def.name, ev->event_type, ev->event_id, attempt, rt->retry.max_attempts,
+                       reason, delay);
+        atomic_store_explicit(&rt->h_attempts, attempt, memory_order_relaxed);
+        atomic_store_explicit(&rt->h_retrying, 1, memory_order_relaxed);
+        int stop = retry_wait(rt, delay);
+        atomic_store_explicit(&rt->h_retrying, 0, memory_order_relaxed);
+        atomic_store_explicit(&rt->h_attempts, 0, memory_order_relaxed);
+        if (stop)
             return 1;
     }
 }
@@ -770,13 +956,15 @@ static int run_deferred(agent_runtime *rt, const bus_message *m, const event *ev
     agent_outcome o = rt->def.handle(rt->def.state, &ctx, ev, reason, sizeof(reason));
     if (o == AGENT_OK) {
         mark_processed(rt, ev->event_id);
+        log_event_line(rt, LOG_LEVEL_INFO, m, ev, "handled", 1, 0, NULL, "%s: %s [%s] handled",
+                       rt->def.name, ev->event_type, ev->event_id);
         return exec_sql(rt, "RELEASE agent_handler", err, errlen);
     }
     record_truncate(&rt->emits, ctx.emit_mark);
     if (exec_sql(rt, "ROLLBACK TO agent_handler", err, errlen) != 0 ||
         exec_sql(rt, "RELEASE agent_handler", err, errlen) != 0)
         return -1;
-    dead_letter(rt, m, ev->correlation_id, reason[0] ? reason : "failed", 1);
+    dead_letter(rt, m, ev, reason[0] ? reason : "failed", 1, 0);
     return 0;
 }
 
@@ -958,6 +1146,14 @@ static int classify_batch(agent_runtime *rt, const bus_message *msgs, size_t n, 
     return exec_sql(rt, "COMMIT", err, errlen);
 }
 
+/* A round failed: it has work to do again. Returns -1. */
+static int step_failed(agent_runtime *rt)
+{
+    atomic_fetch_add_explicit(&rt->h_failures, 1, memory_order_relaxed);
+    atomic_store_explicit(&rt->h_busy, 1, memory_order_relaxed);
+    return -1;
+}
+
 int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char *err, size_t errlen)
 {
     const bus_message *msgs;
@@ -975,14 +1171,20 @@ int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char 
         }
     }
     if (bus_consumer_poll(rt->consumer, timeout_ms, &msgs, &n, err, errlen) != 0)
-        return -1;
+        return step_failed(rt);
+    int64_t polled_ms = util_now_ms();
+    atomic_store_explicit(&rt->h_poll_ms, polled_ms, memory_order_relaxed);
+    if (n == 0 && atomic_load_explicit(&rt->h_failures, memory_order_relaxed) == 0)
+        progress(rt, polled_ms); /* caught up */
+    else
+        atomic_store_explicit(&rt->h_busy, 1, memory_order_relaxed);
     if (records)
         *records = n;
     clear_batch(rt);
     if (classify_batch(rt, msgs, n, err, errlen) != 0) {
         seek_back(rt, msgs, 0, n);
         clear_batch(rt);
-        return -1;
+        return step_failed(rt);
     }
     uint64_t skipped = 0, duplicates = 0;
     size_t done = 0; /* records settled so far */
@@ -993,19 +1195,26 @@ int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char 
         switch ((enum record_state)rt->states[done]) {
         case RECORD_SKIP:
             skipped++;
+            log_event_line(rt, LOG_LEVEL_DEBUG, m, ev, "skipped", 0, 0, NULL,
+                           "%s: %s [%s] skipped (a type the agent does not handle)", rt->def.name,
+                           ev->event_type, ev->event_id);
             break;
         case RECORD_INVALID:
-            dead_letter(rt, m, NULL, rt->reasons[done], 0);
+            dead_letter(rt, m, NULL, rt->reasons[done], 0, 0);
             break;
         case RECORD_DUPLICATE:
             duplicates++;
-            LOG_DEBUG_CID(ev->correlation_id, "%s: %s [%s] already handled by group %s, dropped",
-                          rt->def.name, ev->event_type, ev->event_id, rt->def.group);
+            log_event_line(rt, LOG_LEVEL_INFO, m, ev, "duplicate", 0, 0, NULL,
+                           "%s: %s [%s] already handled by group %s, dropped", rt->def.name,
+                           ev->event_type, ev->event_id, rt->def.group);
             break;
         case RECORD_HANDLE:
-            if (batch_seen(rt, ev->event_id, 0, 0))
+            if (batch_seen(rt, ev->event_id, 0, 0)) {
                 duplicates++; /* a second copy in this batch */
-            else if (rt->def.in_transaction)
+                log_event_line(rt, LOG_LEVEL_INFO, m, ev, "duplicate", 0, 0, NULL,
+                               "%s: %s [%s] appears twice in the batch, dropped", rt->def.name,
+                               ev->event_type, ev->event_id);
+            } else if (rt->def.in_transaction)
                 rt->deferred[rt->deferred_count++] = done;
             else if (handle_with_retries(rt, m, ev) != 0) {
                 stopped = 1;
@@ -1019,7 +1228,12 @@ int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char 
     if (done > 0 && commit_batch(rt, msgs, err, errlen) != 0) {
         seek_back(rt, msgs, 0, done);
         clear_batch(rt);
-        return -1;
+        return step_failed(rt);
+    }
+    if (!stopped) {
+        progress(rt, util_now_ms());
+        atomic_store_explicit(&rt->h_busy, 0, memory_order_relaxed);
+        atomic_store_explicit(&rt->h_failures, 0, memory_order_relaxed);
     }
     pthread_mutex_lock(&rt->stats_lock);
     rt->stats.handled += rt->handled_count;
@@ -1037,13 +1251,21 @@ int agent_runtime_run(agent_runtime *rt)
 {
     char err[1024];
     LOG_INFO("%s: running (group %s)", rt->def.name, rt->def.group);
+    int64_t now = util_now_ms();
+    atomic_store_explicit(&rt->h_started_ms, now, memory_order_relaxed);
+    progress(rt, now);
+    atomic_store_explicit(&rt->h_running, 1, memory_order_relaxed);
+    heartbeat(rt, 1);
     while (!stopping(rt)) {
         err[0] = '\0';
         if (agent_runtime_step(rt, IDLE_POLL_MS, NULL, err, sizeof(err)) != 0) {
             LOG_ERROR("%s: %s; trying again in %d ms", rt->def.name, err, ERROR_BACKOFF_MS);
+            heartbeat(rt, 0);
             sleep_or_stop(rt, ERROR_BACKOFF_MS);
         }
+        heartbeat(rt, 0);
     }
+    atomic_store_explicit(&rt->h_running, 0, memory_order_relaxed);
     runtime_stats s;
     agent_runtime_stats(rt, &s);
     LOG_INFO("%s: stopped (%" PRIu64 " handled, %" PRIu64 " retried, %" PRIu64

@@ -190,6 +190,44 @@ typedef struct runtime_stats {
 typedef struct agent_runtime agent_runtime;
 
 /*
+ * Health of one runtime, for readiness checks (GET /readyz). Times are wall
+ * clock ms (0: not yet).
+ */
+typedef struct runtime_health {
+    int running;              /* agent_runtime_run() is looping */
+    int64_t started_ms;       /* when run() started */
+    int64_t last_poll_ms;     /* when the last poll of the bus returned */
+    int64_t last_progress_ms; /* last record settled, or last time it was caught up */
+    int busy;                 /* has work: records in hand, one waiting for a retry,
+                                 or the last round failed and will be repeated */
+    int retrying;             /* a record waits for its next attempt ... */
+    int attempts;             /* ... after this many failed attempts */
+    uint32_t failures;        /* rounds failed in a row (bus or database errors) */
+} runtime_health;
+
+/* clang-format off */
+#define RUNTIME_HEALTH_INIT { 0, 0, 0, 0, 0, 0, 0, 0 }
+/* clang-format on */
+
+/*
+ * Stalled: running, has work (busy), and no progress for at least stall_ms
+ * at now_ms. An idle runtime (caught up) is never stalled. Pure function.
+ */
+int runtime_health_stalled(const runtime_health *h, int64_t now_ms, int64_t stall_ms);
+
+/*
+ * Heartbeats: every runtime keeps one row in the state database's table
+ * RUNTIME_HEARTBEAT_TABLE (group_name, pid, agent, subscription, started_ms,
+ * beat_ms, progress_ms, retrying, failures; one row per group and process),
+ * written at start and then at least every RUNTIME_HEARTBEAT_MS while it
+ * runs, also while it waits to retry a failing record, and deleted when it
+ * closes. `herald lag` tells a live member (even one stuck on a record)
+ * from a dead one with it. subscription is "topics:a,b" or "pattern:<regex>".
+ */
+#define RUNTIME_HEARTBEAT_TABLE "agent_heartbeats"
+#define RUNTIME_HEARTBEAT_MS 2000
+
+/*
  * Open the runtime of one agent: its consumer (group def->group), its state
  * database and the de-duplication table, then def->setup. The runtime takes
  * over def->state (def->destroy runs at close, also when open fails).
@@ -221,8 +259,12 @@ void agent_runtime_stop(agent_runtime *rt);
 /* Counters so far (a consistent copy; thread-safe). */
 void agent_runtime_stats(agent_runtime *rt, runtime_stats *out);
 
-/* The agent's name. */
+/* The agent's name, and its consumer group. */
 const char *agent_runtime_name(const agent_runtime *rt);
+const char *agent_runtime_group(const agent_runtime *rt);
+
+/* A consistent-enough copy of the runtime's health (thread-safe, lock-free). */
+void agent_runtime_health(agent_runtime *rt, runtime_health *out);
 
 /* 1 if group has handled event_id (its de-duplication record exists) in the
  * state database db, else 0 (also when no agent ever ran there). */
