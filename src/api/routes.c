@@ -458,6 +458,8 @@ static api_pending *pending_new(store_op op, const api_request *req)
     api_pending *p = xcalloc(1, sizeof(*p));
     store_request_init(&p->sr, op);
     p->sr.correlation_id = req->correlation_id;
+    p->sr.traceparent = req->traceparent;
+    p->sr.tracestate = req->traceparent ? req->tracestate : NULL;
     p->sr.if_match = parse_if_match(req->if_match);
     return p;
 }

@@ -216,6 +216,7 @@ static int writer_publish(task_store *s, store_request *req, const char *type, c
     json_decref(data);
     if (rc != 0)
         return -1;
+    event_set_trace(&ev, req->traceparent, req->tracestate);
     size_t len;
     char *value = event_encode(&ev, &len);
     util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));
@@ -304,6 +305,7 @@ int store_prepare_create(store_request *req, char *err, size_t errlen)
     task_release(&t);
     if (rc != 0)
         return -1;
+    event_set_trace(&ev, req->traceparent, req->tracestate);
     free(req->prepared_event);
     req->prepared_event = event_encode(&ev, &req->prepared_event_len);
     util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));

@@ -69,6 +69,8 @@ typedef struct store_request {
                             owner_id, priority, due_at as "…Z" text or null); borrowed */
     int64_t if_match;    /* 0: no precondition */
     const char *correlation_id;
+    const char *traceparent;     /* NULL: none; else a valid version-00 value for the event */
+    const char *tracestate;      /* NULL: none; only with traceparent */
     const char *idempotency_key; /* NULL: none */
     const char *request_hash;    /* with idempotency_key: hash of method, path and body */
     store_render_fn render;      /* with idempotency_key */
