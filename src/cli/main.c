@@ -24,6 +24,7 @@ static const command commands[] = {
     {"audit", cmd_audit, "audit verify: check the audit log's files and hash chain"},
     {"publish", cmd_publish, "publish one event (validated) and print it"},
     {"tail", cmd_tail, "print events as JSON lines; --follow to keep waiting"},
+    {"trace", cmd_trace, "print the causal tree of one correlation id; --json"},
 };
 
 static void print_help(void)

@@ -146,6 +146,11 @@ int task_store_list(task_store *s, const char *owner_id, const char *status, con
  */
 int task_store_events(task_store *s, const char *id, json_t **events, char *err, size_t errlen);
 
+/* The bus configuration the store was opened with (a copy; the strings it
+ * points to are the caller's, who keeps them alive), e.g. to read the log
+ * for GET /traces. */
+const bus_config *task_store_bus_config(const task_store *s);
+
 /* Counters for the benchmark and logs: transactions and requests committed. */
 void task_store_stats(task_store *s, uint64_t *batches, uint64_t *requests);
 
