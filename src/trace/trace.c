@@ -203,6 +203,7 @@ static void cut_cycles_and_depth(trace_tree *t)
             if (on_walk[j] == i) { /* a cycle through j: cut it at j */
                 t->nodes[j].parent = TRACE_NONE;
                 t->nodes[j].cut = 1;
+                depth[j] = 0;
                 break;
             }
             on_walk[j] = i;
