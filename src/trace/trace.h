@@ -112,7 +112,9 @@ void trace_tree_print(const trace_tree *t, FILE *out);
  * Read every event with t's correlation id from the bus into t: the
  * embedded log through a read-only connection (one snapshot of every topic
  * matching TRACE_TOPIC_PATTERN; never blocks a writer), or Kafka through a
- * throw-away consumer (no group commits) up to the end of each topic.
+ * throw-away consumer (no group commits) from the earliest offsets until
+ * no record has come for 2 s (bus.h offers no end offsets; this takes a few
+ * seconds, most of it the group join).
  * Records that are not envelopes are skipped. Returns 0 (t may be empty),
  * or -1 with err filled.
  */

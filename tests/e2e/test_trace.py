@@ -271,3 +271,29 @@ def test_unknown_and_invalid_ids(procs, data_dir, herald):
     assert_problem(api.request("DELETE", "/traces/req-one"), 405)
     assert api.get("/traces/req-one").status == 200
     assert api.get("/traces/req%2Done").status == 200  # percent-decoded like any path
+
+
+def test_trace_in_kafka_mode(procs, data_dir, herald):
+    """HERALD_BUS=kafka:...: the trace is read from Kafka (librdkafka's mock
+    cluster) with a throw-away consumer; the records carry traceparent."""
+    from kafka_helpers import KafkaMock
+
+    mock = KafkaMock(topics=[("task-events", 3), ("notification-events", 1),
+                             ("task-events.dlq", 1)])
+    procs.adopt(mock.popen)
+    env = {"HERALD_BUS": f"kafka:{mock.bootstrap}", "HERALD_KAFKA_FETCH_WAIT_MAX_MS": "5",
+           "HERALD_KAFKA_SESSION_TIMEOUT_MS": "6000"}
+    api = start_api(procs, data_dir, env=env)
+    r = api.create(headers={"X-Correlation-ID": "req-kafka", "traceparent": TRACEPARENT})
+    api.create(headers={"X-Correlation-ID": "req-other"})
+
+    def found():
+        t = herald("trace", "req-kafka", "--json", env=env)
+        return json.loads(t.stdout) if t.returncode == 0 else None
+    tree = wait_for(found, "the task.created in Kafka")
+    [root] = tree["roots"]
+    assert root["event_type"] == "task.created" and tree["event_count"] == 1
+    assert root["traceparent"] == r.header("traceresponse")
+    assert VALID_TP.match(root["traceparent"]).group(1) == TRACE_ID
+    g = api.get("/traces/req-kafka")
+    assert g.status == 200 and g.json["roots"][0]["event_id"] == root["event_id"]
