@@ -377,8 +377,15 @@ static void print_node(const trace_tree *t, const trace_node *n, const char *pre
     fprintf(out, "%s%s%-*s %-10s %s  %s", prefix, branch, width < 1 ? 1 : width, n->ev.event_type,
             n->ev.source, short_id(n->ev.event_id), off);
     json_t *channel = n->ev.data ? json_object_get(n->ev.data, "channel") : NULL;
-    if (json_is_string(channel) && strcmp(n->ev.event_type, "notification.sent") == 0)
-        fprintf(out, "  channel=%.32s", json_string_value(channel));
+    if (json_is_string(channel) && strcmp(n->ev.event_type, "notification.sent") == 0) {
+        /* event data is anyone's text: no control bytes to the terminal */
+        char shown[33];
+        size_t k = 0;
+        for (const char *c = json_string_value(channel); *c && k < sizeof(shown) - 1; c++)
+            shown[k++] = (unsigned char)*c < 0x20 || *c == 0x7f ? '?' : *c;
+        shown[k] = '\0';
+        fprintf(out, "  channel=%s", shown);
+    }
     if (n->dead_lettered)
         fputs("  [dead-lettered]", out);
     if (n->orphan)
