@@ -92,13 +92,16 @@ static void publish_tasks(const bus_config *cfg, int n)
                             sizeof(err)) != 0)
                 die("event", err);
             json_decref(data);
+            /* every Task API event carries a traceparent */
+            char traceparent[TRACE_PARENT_LEN + 1];
+            trace_parent_new(traceparent);
+            event_set_trace(&evs[i], traceparent, NULL);
             size_t len;
             values[i] = event_encode(&evs[i], &len);
             /* the envelope headers, as the Task API writes them */
-            bus_envelope_headers(&evs[i], headers[i], timebufs[i]);
             bus_record r = BUS_RECORD_INIT;
             r.headers = headers[i];
-            r.header_count = BUS_ENVELOPE_HEADERS;
+            r.header_count = bus_envelope_headers(&evs[i], headers[i], timebufs[i]);
             r.topic = "task-events";
             r.key = keys[i];
             r.key_len = EVENT_UUID_LEN;

@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "event/event.h"
+#include "trace/trace.h"
 
 #include <openssl/evp.h>
 #include <stdarg.h>
@@ -458,6 +459,8 @@ static api_pending *pending_new(store_op op, const api_request *req)
     api_pending *p = xcalloc(1, sizeof(*p));
     store_request_init(&p->sr, op);
     p->sr.correlation_id = req->correlation_id;
+    p->sr.traceparent = req->traceparent;
+    p->sr.tracestate = req->traceparent ? req->tracestate : NULL;
     p->sr.if_match = parse_if_match(req->if_match);
     return p;
 }
@@ -716,6 +719,53 @@ static void task_events(task_store *store, const char *id, api_response *resp)
     }
 }
 
+/*
+ * GET /traces/{correlation_id}[?grace=DURATION]: the causal tree as JSON
+ * (trace.h), read from the log through a read-only connection of its own.
+ */
+static void get_trace(task_store *store, const api_request *req, const char *cid,
+                      api_response *resp)
+{
+    json_t *errors = json_array();
+    int64_t grace_ms = TRACE_DEFAULT_GRACE_MS;
+    for (size_t i = 0; i < req->query_count; i++) {
+        const char *name = req->query[i].name, *value = req->query[i].value;
+        if (strcmp(name, "grace") != 0)
+            field_error(errors, name, "unknown_field",
+                        "unknown query parameter '%.64s' (known: grace)", name);
+        else if (!value || util_parse_duration_ms(value, &grace_ms) != 0)
+            field_error(errors, "grace", "out_of_range",
+                        "grace must be a duration such as 30s, 2m or 0s");
+    }
+    size_t len = strlen(cid);
+    if (len > 128)
+        field_error(errors, "correlation_id", "too_long",
+                    "a correlation id has at most 128 characters");
+    else if (!trace_correlation_id_valid(cid))
+        field_error(errors, "correlation_id", "control_characters",
+                    "a correlation id is printable ASCII");
+    if (json_array_size(errors) > 0) {
+        invalid_fields(resp, errors);
+        return;
+    }
+    json_decref(errors);
+    trace_tree t;
+    char err[512], detail[600];
+    trace_tree_init(&t, cid);
+    if (trace_collect(task_store_bus_config(store), &t, err, sizeof(err)) != 0) {
+        snprintf(detail, sizeof(detail), "cannot read the event log: %s", err);
+        api_problem(resp, 500, "storage-failed", "Internal Server Error", detail, NULL);
+    } else if (t.count == 0) {
+        snprintf(detail, sizeof(detail), "no event with correlation id '%s'", cid);
+        api_problem(resp, 404, "not-found", "Not Found", detail, NULL);
+    } else {
+        trace_tree_build(&t, util_now_ms(), grace_ms);
+        resp->status = 200;
+        resp->body = dump(trace_tree_to_json(&t));
+    }
+    trace_tree_release(&t);
+}
+
 /* ---- routing ------------------------------------------------------------ */
 
 static int task_id_valid(const char *s, size_t n)
@@ -810,6 +860,13 @@ api_pending *api_handle(task_store *store, const api_request *req, api_response 
             list_tasks(store, req, resp);
         else
             method_not_allowed(resp, m, "GET, HEAD, POST");
+        return NULL;
+    }
+    if (strncmp(path, "/traces/", 8) == 0 && path[8]) {
+        if (get)
+            get_trace(store, req, path + 8, resp);
+        else
+            method_not_allowed(resp, m, "GET, HEAD");
         return NULL;
     }
     if (strncmp(path, "/tasks/", 7) != 0) {

@@ -29,6 +29,10 @@ typedef struct api_request {
     const char *if_match;
     const char *idempotency_key;
     const char *correlation_id; /* already validated or generated */
+    const char *traceparent;    /* the request's span (W3C, version 00): a child
+                                   of the client's traceparent or a new trace;
+                                   NULL: the events get none */
+    const char *tracestate;     /* NULL, or the client's valid tracestate */
     const char *body;
     size_t body_len;
 } api_request;

@@ -6,8 +6,18 @@
  * body arrives in pieces and is collected up to API_MAX_BODY (a chunked body
  * that grows past it is answered 413 at once); the last call builds an
  * api_request, lets routes.c answer and queues the response with the
- * headers every response carries (X-Correlation-ID, Content-Type). One log
- * line per request: method, path, status, duration, correlation id.
+ * headers every response carries (X-Correlation-ID, Content-Type,
+ * traceresponse). One log line per request: method, path, status,
+ * duration, correlation id.
+ *
+ * Trace context (W3C): each request is a span. A valid `traceparent` makes
+ * it a child (same trace id and flags, a new span id) and keeps a valid
+ * `tracestate` (several tracestate headers are joined with ','); a missing
+ * or invalid traceparent (also: more than one) starts a new trace and drops
+ * tracestate, as the spec asks (logged at debug). The span's traceparent
+ * goes into the events the request publishes and back to the client as
+ * `traceresponse` (Trace Context Level 2), so a client that sent none
+ * learns the trace id.
  *
  * Threads: a pool of epoll threads (one per core) serves every connection.
  * A change is never waited for on those threads: the connection is
@@ -33,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #define CONNECTION_LIMIT 1024
@@ -61,6 +72,8 @@ struct api_server {
 typedef struct request_ctx {
     int64_t start_ns;
     char correlation_id[EVENT_REF_ID_MAX + 1];
+    char traceparent[TRACE_PARENT_LEN + 1]; /* this request's span */
+    char tracestate[TRACE_STATE_MAX + 1];   /* "" if none kept */
     char *body;
     size_t len, cap;
     int too_large;
@@ -162,6 +175,64 @@ static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
     return MHD_http_unescape(s);
 }
 
+/* The trace headers of a request, gathered in one pass. */
+typedef struct trace_headers {
+    const char *traceparent;
+    int traceparent_count;
+    char state[TRACE_STATE_MAX + 1];
+    size_t state_len;
+    int state_overflow;
+} trace_headers;
+
+static enum MHD_Result collect_trace(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    trace_headers *t = cls;
+    if (strcasecmp(key, "traceparent") == 0) {
+        t->traceparent = value;
+        t->traceparent_count++;
+    } else if (strcasecmp(key, "tracestate") == 0 && value && *value) {
+        size_t n = strlen(value), sep = t->state_len ? 1 : 0;
+        if (t->state_len + sep + n > TRACE_STATE_MAX) {
+            t->state_overflow = 1;
+        } else {
+            if (sep)
+                t->state[t->state_len++] = ',';
+            memcpy(t->state + t->state_len, value, n + 1);
+            t->state_len += n;
+        }
+    }
+    return MHD_YES;
+}
+
+/* This request's span: a child of the client's traceparent or a new trace. */
+static void start_span(struct MHD_Connection *conn, request_ctx *ctx)
+{
+    trace_headers t = {0};
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_trace, &t);
+    char parent[TRACE_PARENT_LEN + 1], why[128];
+    if (!t.traceparent) {
+        trace_parent_new(ctx->traceparent);
+        return;
+    }
+    if (t.traceparent_count > 1) {
+        util_error(why, sizeof(why), "traceparent: sent %d times", t.traceparent_count);
+    } else if (trace_parent_parse(t.traceparent, strlen(t.traceparent), parent, why, sizeof(why)) ==
+               0) {
+        trace_parent_child(parent, ctx->traceparent);
+        if (!t.state_overflow && trace_state_valid(t.state, t.state_len))
+            memcpy(ctx->tracestate, t.state, t.state_len + 1);
+        else if (t.state_len || t.state_overflow)
+            LOG_DEBUG_CID(ctx->correlation_id,
+                          "tracestate dropped: over %d characters or not printable ASCII",
+                          TRACE_STATE_MAX);
+        return;
+    }
+    trace_parent_new(ctx->traceparent);
+    LOG_DEBUG_CID(ctx->correlation_id, "invalid %s; started a new trace %.32s", why,
+                  ctx->traceparent + 3);
+}
+
 static enum MHD_Result send_response(struct MHD_Connection *conn, request_ctx *ctx,
                                      const char *method, const char *url, api_response *resp)
 {
@@ -175,6 +246,8 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, request_ctx *c
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
                                 resp->problem ? "application/problem+json" : "application/json");
     MHD_add_response_header(r, "X-Correlation-ID", ctx->correlation_id);
+    if (ctx->traceparent[0])
+        MHD_add_response_header(r, "traceresponse", ctx->traceparent);
     if (resp->location[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, resp->location);
     if (resp->etag[0])
@@ -233,6 +306,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             util_strlcpy(ctx->correlation_id, cid, sizeof(ctx->correlation_id));
         else
             event_uuid_v7(ctx->correlation_id);
+        start_span(conn, ctx);
         const char *cl =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > API_MAX_BODY) {
@@ -298,6 +372,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     req->if_match = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_IF_MATCH);
     req->idempotency_key = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Idempotency-Key");
     req->correlation_id = ctx->correlation_id;
+    req->traceparent = ctx->traceparent;
+    req->tracestate = ctx->tracestate[0] ? ctx->tracestate : NULL;
     req->body = ctx->body;
     req->body_len = ctx->len;
     api_response resp = {0};

@@ -181,18 +181,28 @@ size_t bus_envelope_headers(const event *ev, bus_header out[BUS_ENVELOPE_HEADERS
                             char timebuf[EVENT_TIME_LEN + 1])
 {
     event_format_time(ev->occurred_ms, timebuf);
-    const char *values[BUS_ENVELOPE_HEADERS] = {
-        "1.0",   ev->event_id,       ev->event_type,   ev->source,
-        timebuf, ev->correlation_id, ev->causation_id, "application/json"};
-    static const char *names[BUS_ENVELOPE_HEADERS] = {
-        "ce_specversion",   "ce_id",          "ce_type",     "ce_source", "ce_time",
-        "ce_correlationid", "ce_causationid", "content-type"};
-    for (size_t i = 0; i < BUS_ENVELOPE_HEADERS; i++) {
+    const char *values[8] = {"1.0",   ev->event_id,       ev->event_type,   ev->source,
+                             timebuf, ev->correlation_id, ev->causation_id, "application/json"};
+    static const char *names[8] = {"ce_specversion", "ce_id",       "ce_type",
+                                   "ce_source",      "ce_time",     "ce_correlationid",
+                                   "ce_causationid", "content-type"};
+    size_t n = 8;
+    for (size_t i = 0; i < n; i++) {
         out[i].name = names[i];
         out[i].value = values[i];
         out[i].value_len = strlen(values[i]);
     }
-    return BUS_ENVELOPE_HEADERS;
+    if (ev->traceparent[0]) {
+        out[n].name = BUS_HEADER_TRACEPARENT;
+        out[n].value = ev->traceparent;
+        out[n++].value_len = TRACE_PARENT_LEN;
+        if (ev->tracestate) {
+            out[n].name = BUS_HEADER_TRACESTATE;
+            out[n].value = ev->tracestate;
+            out[n++].value_len = strlen(ev->tracestate);
+        }
+    }
+    return n;
 }
 
 /* Copy a header value into out[cap] as text; 0 if too long, empty or
@@ -220,10 +230,21 @@ int bus_envelope_from_headers(const bus_message *m, event *ev)
     const size_t caps[] = {sizeof(id),  sizeof(type),  sizeof(when),
                            sizeof(cid), sizeof(cause), sizeof(source)};
     unsigned found = 0;
+    const char *tp = NULL, *ts = NULL;
+    size_t ts_len = 0;
     /* one pass over the headers */
     size_t pos = 0, nl, vl;
     const char *name, *hv;
     while (bus_headers_next(m->headers, m->headers_len, &pos, &name, &nl, &hv, &vl)) {
+        if (nl == 11 && memcmp(name, BUS_HEADER_TRACEPARENT, 11) == 0) {
+            tp = trace_parent_valid(hv, vl) ? hv : NULL;
+            continue;
+        }
+        if (nl == 10 && memcmp(name, BUS_HEADER_TRACESTATE, 10) == 0) {
+            ts = trace_state_valid(hv, vl) ? hv : NULL;
+            ts_len = vl;
+            continue;
+        }
         for (size_t k = 0; k < UTIL_ARRAY_LEN(names); k++) {
             if (name_lens[k] == nl && memcmp(names[k], name, nl) == 0) {
                 if (!header_text(hv, vl, outs[k], caps[k]))
@@ -259,6 +280,14 @@ int bus_envelope_from_headers(const bus_message *m, event *ev)
     ev->causation_id = xstrdup(cause);
     ev->source = xstrdup(source);
     ev->metadata_extra = NULL;
+    ev->traceparent[0] = '\0';
+    ev->tracestate = NULL;
+    if (tp) {
+        memcpy(ev->traceparent, tp, TRACE_PARENT_LEN);
+        ev->traceparent[TRACE_PARENT_LEN] = '\0';
+        if (ts)
+            ev->tracestate = xstrndup(ts, ts_len);
+    }
     return 0;
 }
 

@@ -91,15 +91,20 @@ int bus_message_header(const bus_message *m, const char *name, const char **valu
  * Envelope headers: every record herald publishes carries its envelope's
  * attributes as CloudEvents binary-mode headers (the same the Kafka backend
  * sends): ce_specversion "1.0", ce_id, ce_type, ce_source, ce_time,
- * ce_correlationid, ce_causationid, content-type "application/json". The
+ * ce_correlationid, ce_causationid, content-type "application/json", and
+ * when the event has a trace context the W3C headers "traceparent" (and
+ * "tracestate"), as OpenTelemetry's Kafka instrumentation names them. The
  * value stays the whole envelope. Consumers use the headers to route and
  * de-duplicate a record without parsing its JSON.
  */
-#define BUS_ENVELOPE_HEADERS 8
+#define BUS_ENVELOPE_HEADERS 10 /* at most: 8 always, 2 with a trace */
+#define BUS_HEADER_TRACEPARENT "traceparent"
+#define BUS_HEADER_TRACESTATE "tracestate"
 
 /*
  * Fill out[] with ev's envelope headers; values point into ev and into
- * timebuf (which must outlive out). Returns the number of headers.
+ * timebuf (which must outlive out). Returns the number of headers: 8, 9 or
+ * 10 (the CloudEvents ones first).
  */
 size_t bus_envelope_headers(const event *ev, bus_header out[BUS_ENVELOPE_HEADERS],
                             char timebuf[EVENT_TIME_LEN + 1]);
@@ -109,8 +114,10 @@ size_t bus_envelope_headers(const event *ev, bus_header out[BUS_ENVELOPE_HEADERS
  * headers, when they are all present and valid and match the value's first
  * bytes as herald encodes them ({"event_id":"<ce_id>","event_type":
  * "<ce_type>",...}), so headers cannot describe another record's value.
- * Returns 0, or -1 (ev left EVENT_INIT) when the record must be decoded in
- * full with event_decode().
+ * A valid "traceparent" header sets ev->traceparent and a valid
+ * "tracestate" beside it ev->tracestate (invalid ones are ignored, as the
+ * JSON decoder ignores them). Returns 0, or -1 (ev left EVENT_INIT) when the record must be decoded
+ * in full with event_decode().
  */
 int bus_envelope_from_headers(const bus_message *m, event *ev);
 

@@ -65,5 +65,6 @@ int cmd_agent(int argc, char **argv, herald_config *cfg);
 int cmd_dlq(int argc, char **argv, herald_config *cfg);
 int cmd_audit(int argc, char **argv, herald_config *cfg);
 int cmd_lag(int argc, char **argv, herald_config *cfg);
+int cmd_trace(int argc, char **argv, herald_config *cfg);
 
 #endif

@@ -25,6 +25,7 @@ static const command commands[] = {
     {"publish", cmd_publish, "publish one event (validated) and print it"},
     {"tail", cmd_tail, "print events as JSON lines; --follow to keep waiting"},
     {"lag", cmd_lag, "consumer lag per group and topic, with a status (OK, WARN, STALL, ...)"},
+    {"trace", cmd_trace, "print the causal tree of one correlation id; --json"},
 };
 
 static void print_help(void)

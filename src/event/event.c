@@ -40,6 +40,11 @@
  *   ms; when it overflows, or the clock steps back, the generator keeps
  *   counting on its own last ms, borrowing the next one), variant 10 and 62
  *   bits from getrandom(2). So ids from one process strictly increase.
+ * - Trace context: a valid metadata.traceparent / tracestate pair is held in
+ *   ev->traceparent / ev->tracestate (fixed text and one string, so the
+ *   runtime's header path copies it without building JSON) and written
+ *   back right after "source"; an invalid one is someone else's data and
+ *   stays in metadata_extra untouched.
  * - event_topic_for_type() also refuses an empty domain (".x"), which would
  *   give the meaningless topic "-events".
  *
@@ -761,6 +766,7 @@ void event_release(event *ev)
         return;
     json_decref(ev->data);
     json_decref(ev->metadata_extra);
+    free(ev->tracestate);
     free(ev->correlation_id);
     free(ev->causation_id);
     free(ev->source);
@@ -783,6 +789,32 @@ void event_copy(event *dst, const event *src)
     dst->causation_id = strdup_or_null(src->causation_id);
     dst->source = strdup_or_null(src->source);
     dst->metadata_extra = src->metadata_extra ? json_deep_copy(src->metadata_extra) : NULL;
+    memcpy(dst->traceparent, src->traceparent, sizeof(dst->traceparent));
+    dst->tracestate = strdup_or_null(src->tracestate);
+}
+
+int event_set_trace(event *ev, const char *traceparent, const char *tracestate)
+{
+    if (traceparent && !trace_parent_valid(traceparent, strlen(traceparent)))
+        return -1;
+    free(ev->tracestate);
+    ev->tracestate = NULL;
+    ev->traceparent[0] = '\0';
+    if (!traceparent)
+        return 0;
+    memcpy(ev->traceparent, traceparent, TRACE_PARENT_LEN + 1);
+    if (tracestate && trace_state_valid(tracestate, strlen(tracestate)))
+        ev->tracestate = xstrdup(tracestate);
+    return 0;
+}
+
+/* Whether key is one the event holds in its own fields (not in
+ * metadata_extra) when ev has them. */
+static int metadata_own_key(const event *ev, const char *key)
+{
+    return strcmp(key, "correlation_id") == 0 || strcmp(key, "causation_id") == 0 ||
+           strcmp(key, "source") == 0 || (ev->traceparent[0] && strcmp(key, "traceparent") == 0) ||
+           (ev->tracestate && strcmp(key, "tracestate") == 0);
 }
 
 /* ---- JSON codec ------------------------------------------------------- */
@@ -815,13 +847,16 @@ json_t *event_to_json(const event *ev)
     set_string(meta, "correlation_id", ev->correlation_id);
     set_string(meta, "causation_id", ev->causation_id);
     set_string(meta, "source", ev->source);
+    if (ev->traceparent[0])
+        set_string(meta, "traceparent", ev->traceparent);
+    if (ev->tracestate)
+        set_string(meta, "tracestate", ev->tracestate);
     if (json_is_object(ev->metadata_extra)) {
         const char *key;
         json_t *value;
         json_object_foreach(ev->metadata_extra, key, value)
         {
-            if (strcmp(key, "correlation_id") != 0 && strcmp(key, "causation_id") != 0 &&
-                strcmp(key, "source") != 0)
+            if (!metadata_own_key(ev, key))
                 json_object_set(meta, key, value);
         }
     }
@@ -944,12 +979,19 @@ int event_from_json(event *ev, json_t *root, char *err, size_t errlen)
         *ids[i].slot = xstrdup(s);
     }
 
+    json_t *tp = json_object_get(meta, "traceparent");
+    if (json_is_string(tp) && trace_parent_valid(json_string_value(tp), json_string_length(tp))) {
+        memcpy(tmp.traceparent, json_string_value(tp), TRACE_PARENT_LEN + 1);
+        json_t *ts = json_object_get(meta, "tracestate");
+        if (json_is_string(ts) && trace_state_valid(json_string_value(ts), json_string_length(ts)))
+            tmp.tracestate = xstrdup(json_string_value(ts));
+    }
+
     const char *key;
     json_t *value;
     json_object_foreach(meta, key, value)
     {
-        if (strcmp(key, "correlation_id") == 0 || strcmp(key, "causation_id") == 0 ||
-            strcmp(key, "source") == 0)
+        if (metadata_own_key(&tmp, key))
             continue;
         if (!tmp.metadata_extra)
             tmp.metadata_extra = json_object();

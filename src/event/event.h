@@ -10,12 +10,18 @@
  *    "metadata": {"correlation_id": "...", "causation_id": "...",
  *                 "source": "task-api"}}
  *
+ * with, when the event belongs to a W3C trace, "traceparent" (and
+ * "tracestate") after "source" inside metadata: consumers written for the
+ * original design read only their three keys and ignore them.
+ *
  * An event is a plain value (struct event) with owned members; build one
  * with event_build() or event_decode(), release it with event_release().
  * Nothing here keeps global state except the UUIDv7 generator (thread-safe).
  */
 #ifndef HERALD_EVENT_H
 #define HERALD_EVENT_H
+
+#include "event/tracecontext.h"
 
 #include <jansson.h>
 #include <stddef.h>
@@ -42,12 +48,17 @@ typedef struct event {
     char *causation_id;     /* owned */
     char *source;           /* owned */
     json_t *metadata_extra; /* owned; NULL or an object holding any
-                               metadata keys beyond the three above
-                               (e.g. traceparent), kept on round trip */
+                               other metadata keys, kept on round trip */
+    /* W3C Trace Context (metadata.traceparent / .tracestate): "" / NULL
+     * when the event has none. traceparent is always a valid version-00
+     * value (tracecontext.h) naming the span that published the event;
+     * tracestate (owned) is only ever set together with it. */
+    char traceparent[TRACE_PARENT_LEN + 1];
+    char *tracestate;
 } event;
 
 /* clang-format off */
-#define EVENT_INIT { {0}, {0}, 0, NULL, NULL, NULL, NULL, NULL }
+#define EVENT_INIT { {0}, {0}, 0, NULL, NULL, NULL, NULL, NULL, {0}, NULL }
 /* clang-format on */
 
 /* ---- life cycle ------------------------------------------------------- */
@@ -72,11 +83,20 @@ void event_release(event *ev);
 /* Deep copy src into dst (dst must be EVENT_INIT or released). */
 void event_copy(event *dst, const event *src);
 
+/*
+ * Set ev's trace context: traceparent must be a valid version-00 value
+ * (trace_parent_valid()); tracestate (may be NULL) is kept only if
+ * trace_state_valid(). traceparent NULL clears both. Returns 0, or -1 (ev
+ * unchanged) when traceparent is not valid.
+ */
+int event_set_trace(event *ev, const char *traceparent, const char *tracestate);
+
 /* ---- JSON codec ------------------------------------------------------- */
 
 /*
  * Encode ev as compact JSON with exactly the envelope keys, in envelope
- * order (metadata_extra keys follow source inside metadata). Returns a
+ * order (inside metadata: correlation_id, causation_id, source, then
+ * traceparent and tracestate when set, then the metadata_extra keys). Returns a
  * malloc'd NUL-terminated string the caller frees; *len_out (if non-NULL)
  * receives its length.
  */
@@ -95,7 +115,12 @@ json_t *event_to_json(const event *ev);
  * occurred_at that is not an RFC 3339 timestamp, data that is not an object,
  * metadata ids that are empty, too long or hold control characters.
  * Unknown top-level keys are ignored; unknown metadata keys are kept in
- * metadata_extra. Returns 0, or -1 with err filled and *ev as EVENT_INIT.
+ * metadata_extra. metadata.traceparent becomes ev->traceparent when it is a
+ * valid version-00 traceparent, and metadata.tracestate ev->tracestate when
+ * that holds and trace_state_valid(); otherwise (another producer's
+ * format) they are kept as they are in metadata_extra and the event counts
+ * as having no trace context. Events without them are accepted as before. Returns 0, or -1 with err
+ * filled and *ev as EVENT_INIT.
  */
 int event_decode(event *ev, const char *json, size_t len, char *err, size_t errlen);
 

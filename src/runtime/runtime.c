@@ -363,9 +363,33 @@ static void log_event_line(agent_runtime *rt, enum log_level level, const bus_me
 
 /* ---- the handler's context -------------------------------------------- */
 
+/*
+ * Trace context of a derived event: a child span of its cause (W3C Trace
+ * Context), so the trace id of the input runs through every event it
+ * caused. The cause is the input event, or an event emitted earlier for it
+ * (parent: that record's traceparent header). An input without a trace
+ * context gives derived events none: a trace is started only where a
+ * request enters (the Task API), and the correlation id still ties them.
+ */
+static void derive_trace(const agent_ctx *ctx, const pending_record *cause, event *ev)
+{
+    const char *parent = ctx->ev->traceparent[0] ? ctx->ev->traceparent : NULL;
+    if (cause) {
+        parent = NULL;
+        for (size_t i = 0; i < cause->header_count; i++)
+            if (strcmp(cause->headers[i].name, BUS_HEADER_TRACEPARENT) == 0)
+                parent = cause->headers[i].value;
+    }
+    if (!parent)
+        return;
+    char child[TRACE_PARENT_LEN + 1];
+    trace_parent_child(parent, child);
+    event_set_trace(ev, child, ctx->ev->tracestate);
+}
+
 static int emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
-                const char *correlation_id, const char *causation_id, char *out_id, char *err,
-                size_t errlen)
+                const char *correlation_id, const char *causation_id, const pending_record *cause,
+                char *out_id, char *err, size_t errlen)
 {
     agent_runtime *rt = ctx->rt;
     if (!json_is_object(data))
@@ -378,6 +402,8 @@ static int emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
     event ev = EVENT_INIT;
     if (event_build(&ev, type, data, correlation_id, causation_id, rt->def.name, err, errlen) != 0)
         return -1;
+    if (ctx->ev)
+        derive_trace(ctx, cause, &ev);
     if (!key) {
         json_t *task_id = json_object_get(data, "task_id");
         if (json_is_string(task_id))
@@ -407,20 +433,21 @@ int agent_emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
 {
     if (!ctx->ev)
         return util_error(err, errlen, "agent_emit() needs an input event (use agent_emit_with())");
+    const pending_record *cause = NULL;
     if (caused_by) {
         /* must be an event emitted earlier for this input */
-        int found = 0;
-        for (size_t i = ctx->emit_mark; i < ctx->rt->emits.count && !found; i++) {
+        for (size_t i = ctx->emit_mark; i < ctx->rt->emits.count && !cause; i++) {
             const char *v = ctx->rt->emits.items[i].value;
-            found = strncmp(v, "{\"event_id\":\"", 13) == 0 &&
-                    strncmp(v + 13, caused_by, EVENT_UUID_LEN) == 0;
+            if (strncmp(v, "{\"event_id\":\"", 13) == 0 &&
+                strncmp(v + 13, caused_by, EVENT_UUID_LEN) == 0)
+                cause = &ctx->rt->emits.items[i];
         }
-        if (!found)
+        if (!cause)
             return util_error(err, errlen, "caused_by '%s' is not an event emitted for this input",
                               caused_by);
     }
     return emit(ctx, type, data, key, ctx->ev->correlation_id,
-                caused_by ? caused_by : ctx->ev->event_id, out_id, err, errlen);
+                caused_by ? caused_by : ctx->ev->event_id, cause, out_id, err, errlen);
 }
 
 int agent_emit_with(agent_ctx *ctx, const char *type, json_t *data, const char *key,
@@ -429,7 +456,7 @@ int agent_emit_with(agent_ctx *ctx, const char *type, json_t *data, const char *
 {
     if (!correlation_id || !causation_id)
         return util_error(err, errlen, "agent_emit_with() needs a correlation and a causation id");
-    return emit(ctx, type, data, key, correlation_id, causation_id, out_id, err, errlen);
+    return emit(ctx, type, data, key, correlation_id, causation_id, NULL, out_id, err, errlen);
 }
 
 void agent_retry_after(agent_ctx *ctx, int64_t delay_ms)

@@ -22,7 +22,9 @@
  *
  * Derived events: agent_emit() builds an event whose correlation_id is the
  * input's, causation_id the input's event_id (or an event emitted earlier
- * for the same input) and source the agent's name. They are published in
+ * for the same input) and source the agent's name; when its cause has a
+ * W3C traceparent, it gets a child span: the same trace id (and flags and
+ * tracestate), a new span id. No trace context in, none out. They are published in
  * the batch transaction, so they exist if and only if the input counts as
  * handled.
  *
@@ -83,7 +85,8 @@ int agent_emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
 
 /*
  * Emit an event with explicit correlation and causation ids, for timers
- * (there is no input event). Otherwise as agent_emit().
+ * (there is no input event, so no trace context; called from a handler,
+ * the event is a child span of the input's). Otherwise as agent_emit().
  */
 int agent_emit_with(agent_ctx *ctx, const char *type, json_t *data, const char *key,
                     const char *correlation_id, const char *causation_id,

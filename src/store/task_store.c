@@ -86,6 +86,7 @@ struct task_store {
     /* read pool */
     pthread_mutex_t pool_lock;
     reader *pool;
+    bus_config bus; /* as opened (task_store_bus_config) */
 };
 
 void store_request_init(store_request *req, store_op op)
@@ -216,6 +217,7 @@ static int writer_publish(task_store *s, store_request *req, const char *type, c
     json_decref(data);
     if (rc != 0)
         return -1;
+    event_set_trace(&ev, req->traceparent, req->tracestate);
     size_t len;
     char *value = event_encode(&ev, &len);
     util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));
@@ -304,6 +306,7 @@ int store_prepare_create(store_request *req, char *err, size_t errlen)
     task_release(&t);
     if (rc != 0)
         return -1;
+    event_set_trace(&ev, req->traceparent, req->tracestate);
     free(req->prepared_event);
     req->prepared_event = event_encode(&ev, &req->prepared_event_len);
     util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));
@@ -706,6 +709,7 @@ task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
     pthread_cond_init(&s->work_cond, NULL);
     pthread_cond_init(&s->done_cond, NULL);
     pthread_mutex_init(&s->pool_lock, NULL);
+    s->bus = *cfg;
     s->log = bus_log_open(cfg, err, errlen);
     if (!s->log)
         goto fail;
@@ -799,6 +803,11 @@ void task_store_close(task_store *s)
     pthread_mutex_destroy(&s->pool_lock);
     free(s->db_path);
     free(s);
+}
+
+const bus_config *task_store_bus_config(const task_store *s)
+{
+    return &s->bus;
 }
 
 void task_store_stats(task_store *s, uint64_t *batches, uint64_t *requests)

@@ -69,6 +69,8 @@ typedef struct store_request {
                             owner_id, priority, due_at as "…Z" text or null); borrowed */
     int64_t if_match;    /* 0: no precondition */
     const char *correlation_id;
+    const char *traceparent;     /* NULL: none; else a valid version-00 value for the event */
+    const char *tracestate;      /* NULL: none; only with traceparent */
     const char *idempotency_key; /* NULL: none */
     const char *request_hash;    /* with idempotency_key: hash of method, path and body */
     store_render_fn render;      /* with idempotency_key */
@@ -143,6 +145,11 @@ int task_store_list(task_store *s, const char *owner_id, const char *status, con
  * existed, -1 on error.
  */
 int task_store_events(task_store *s, const char *id, json_t **events, char *err, size_t errlen);
+
+/* The bus configuration the store was opened with (a copy; the strings it
+ * points to are the caller's, who keeps them alive), e.g. to read the log
+ * for GET /traces. */
+const bus_config *task_store_bus_config(const task_store *s);
 
 /* Counters for the benchmark and logs: transactions and requests committed. */
 void task_store_stats(task_store *s, uint64_t *batches, uint64_t *requests);

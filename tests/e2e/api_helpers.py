@@ -17,6 +17,7 @@ from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env, consume_all
 LISTENING = re.compile(r"Task API listening on http://127\.0\.0\.1:(\d+)\b")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 
 TASK_KEYS = {"id", "title", "description", "owner_id", "priority", "status", "due_at",
              "created_at", "updated_at", "completed_at", "version"}
@@ -266,7 +267,12 @@ VERBS = {"task.created": "create", "task.updated": "update", "task.completed": "
 def assert_envelope(ev, event_type, task_id, correlation_id=None):
     """ev is exactly the envelope of a task event from the Task API."""
     assert set(ev) == ENVELOPE_KEYS, ev
-    assert set(ev["metadata"]) == METADATA_KEYS, ev
+    # the original design's three keys first; then the request's W3C
+    # traceparent (and tracestate when the client sent one)
+    keys = list(ev["metadata"])
+    assert keys[:3] == ["correlation_id", "causation_id", "source"], ev
+    assert keys[3:] in (["traceparent"], ["traceparent", "tracestate"]), ev
+    assert TRACEPARENT.match(ev["metadata"]["traceparent"]), ev
     assert ev["event_type"] == event_type, ev
     assert UUID.match(ev["event_id"]), ev
     assert TIMESTAMP.match(ev["occurred_at"]), ev

@@ -93,6 +93,15 @@ def rows(data_dir, task_id):
         db.close()
 
 
+def traced_metadata(ev, cause):
+    """ev's metadata without its W3C traceparent, after checking that the
+    traceparent is a child span of its cause's (same trace, new span)."""
+    md = dict(ev["metadata"])
+    tp, parent = md.pop("traceparent"), cause["metadata"]["traceparent"]
+    assert tp[:36] == parent[:36] and tp[36:52] != parent[36:52], (tp, parent)
+    return md
+
+
 def assert_no_errors(proc):
     bad = [line for line in proc.err_lines
            if " ERROR " in line or "runtime error" in line or "AddressSanitizer" in line]
@@ -114,9 +123,9 @@ def test_scheduled_then_due_with_causation_and_correlation(procs, data_dir):
         "owner_id": "user-456", "title": "Review quarterly report",
         "due_at": iso(due), "remind_at": iso(due)}
     assert set(scheduled["data"]) == REMINDER_KEYS
-    assert scheduled["metadata"] == {"correlation_id": "req-remind-1",
-                                     "causation_id": created["event_id"],
-                                     "source": "scheduler"}
+    assert traced_metadata(scheduled, created) == {"correlation_id": "req-remind-1",
+                                                   "causation_id": created["event_id"],
+                                                   "source": "scheduler"}
 
     [fired] = wait_reminder(data_dir, task_id, "reminder.due")
     assert fired["data"] == scheduled["data"]
@@ -192,8 +201,9 @@ def test_completion_and_deletion_cancel(procs, data_dir):
     completed = task_event(data_dir, done, "task.completed")
     assert c_done["data"] == {"reminder_id": s_done["data"]["reminder_id"], "task_id": done,
                               "reason": "completed"}
-    assert c_done["metadata"] == {"correlation_id": "req-done",
-                                  "causation_id": completed["event_id"], "source": "scheduler"}
+    assert traced_metadata(c_done, completed) == {"correlation_id": "req-done",
+                                                  "causation_id": completed["event_id"],
+                                                  "source": "scheduler"}
     assert c_gone["data"] == {"reminder_id": s_gone["data"]["reminder_id"], "task_id": gone,
                               "reason": "deleted"}
     wait_log(sched, lambda line: f"Reminder cancelled for task {done} (completed)" in line)
@@ -240,8 +250,9 @@ def test_due_change_reschedules_and_only_the_new_one_fires(procs, data_dir):
     assert new["data"]["reminder_id"] != old["data"]["reminder_id"]
     assert new["data"]["due_at"] == iso(later)
     for e in (cancelled, new):
-        assert e["metadata"] == {"correlation_id": "req-move",
-                                 "causation_id": updated["event_id"], "source": "scheduler"}
+        assert traced_metadata(e, updated) == {"correlation_id": "req-move",
+                                               "causation_id": updated["event_id"],
+                                               "source": "scheduler"}
     [c_dropped] = wait_reminder(data_dir, dropped, "reminder.cancelled")
     assert c_dropped["data"]["reminder_id"] == old_dropped["data"]["reminder_id"]
 

@@ -67,9 +67,11 @@ def test_api_events_reach_kafka_with_envelope_and_cloudevents_headers(procs, dat
         assert list(env) == ["event_id", "event_type", "occurred_at", "data", "metadata"]
         assert env["event_type"] == "task.created"
         assert env["data"]["task_id"] == task_id
+        tp = env["metadata"]["traceparent"]  # W3C trace context, after the original keys
         assert env["metadata"] == {"correlation_id": f"req-{i}",
                                    "causation_id": f"api-create-{task_id}",
-                                   "source": "task-api"}
+                                   "source": "task-api", "traceparent": tp}
+        assert headers["traceparent"] == tp
         assert headers["ce_specversion"] == "1.0"
         assert headers["ce_id"] == env["event_id"]
         assert headers["ce_type"] == "task.created"

@@ -364,9 +364,9 @@ static void test_envelope_headers_describe_the_event(void **state)
     char *value = event_encode(&ev, NULL);
     bus_header h[BUS_ENVELOPE_HEADERS];
     char timebuf[EVENT_TIME_LEN + 1];
-    assert_int_equal(bus_envelope_headers(&ev, h, timebuf), BUS_ENVELOPE_HEADERS);
+    assert_int_equal(bus_envelope_headers(&ev, h, timebuf), 8); /* no trace context */
     unsigned char *blob;
-    bus_message m = message_of(value, h, BUS_ENVELOPE_HEADERS, &blob);
+    bus_message m = message_of(value, h, 8, &blob);
     const char *v;
     size_t len;
     assert_int_equal(bus_message_header(&m, "ce_specversion", &v, &len), 1);
@@ -389,22 +389,22 @@ static void test_envelope_headers_describe_the_event(void **state)
     /* headers that do not describe the value are not trusted */
     char *other = xstrdup(value);
     other[14] = other[14] == 'a' ? 'b' : 'a'; /* another event_id */
-    m = message_of(other, h, BUS_ENVELOPE_HEADERS, &blob);
+    m = message_of(other, h, 8, &blob);
     assert_int_equal(bus_envelope_from_headers(&m, &back), -1);
     free(blob);
     /* a value in another key order (another producer) is decoded in full */
-    m = message_of("{\"event_type\":\"task.created\"}", h, BUS_ENVELOPE_HEADERS, &blob);
+    m = message_of("{\"event_type\":\"task.created\"}", h, 8, &blob);
     assert_int_equal(bus_envelope_from_headers(&m, &back), -1);
     free(blob);
     /* a missing or bad header, no headers at all */
-    m = message_of(value, h, BUS_ENVELOPE_HEADERS - 3, &blob); /* no correlation, causation */
+    m = message_of(value, h, 8 - 3, &blob); /* no correlation, causation */
     assert_int_equal(bus_envelope_from_headers(&m, &back), -1);
     free(blob);
     bus_header bad[BUS_ENVELOPE_HEADERS];
     memcpy(bad, h, sizeof(bad));
     bad[5].value = "req\n1";
     bad[5].value_len = 5;
-    m = message_of(value, bad, BUS_ENVELOPE_HEADERS, &blob);
+    m = message_of(value, bad, 8, &blob);
     assert_int_equal(bus_envelope_from_headers(&m, &back), -1);
     free(blob);
     m = message_of(value, NULL, 0, &blob);
