@@ -46,9 +46,9 @@ typedef struct herald_config {
     size_t kafka_prop_count;
 
     /* Kafka topics herald creates when missing */
-    int topic_partitions;  /* HERALD_TOPIC_PARTITIONS, --topic-partitions */
-    int topic_replication; /* HERALD_TOPIC_REPLICATION, --topic-replication; 0: auto */
-    int topic_create;      /* HERALD_TOPIC_CREATE (0 or 1), --no-create-topics */
+    int topic_partitions;   /* HERALD_TOPIC_PARTITIONS, --topic-partitions */
+    int topic_replication;  /* HERALD_TOPIC_REPLICATION, --topic-replication; 0: auto */
+    int topic_create;       /* HERALD_TOPIC_CREATE (0 or 1), --no-create-topics */
     int64_t stall_after_ms; /* HERALD_STALL_AFTER: /readyz and `herald lag` */
 } herald_config;
 

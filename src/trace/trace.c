@@ -11,10 +11,9 @@
  *   other requests are never parsed; records without it (other producers,
  *   dead letters) are decoded and compared in full.
  * - Collecting, Kafka: a throw-away consumer through bus.h (group NULL: no
- *   commits) on the same pattern from the earliest offset. bus.h has no
- *   end-offset query, so it reads until the consumer has been idle for
- *   KAFKA_IDLE_MS after the first record (or KAFKA_FIRST_MS with none, which
- *   covers the group join).
+ *   commits) on the same pattern from the earliest offset, read until
+ *   bus_consumer_caught_up() says every partition is at its high watermark
+ *   (at most KAFKA_READ_LIMIT_MS).
  * - Building: nodes are sorted by (occurred_at, event_id); an open-addressing
  *   table maps event ids to nodes. Depths are computed iteratively (walk up
  *   to a known depth, then unwind), which also finds cycles; nothing here or
@@ -36,8 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define KAFKA_IDLE_MS 2000
-#define KAFKA_FIRST_MS 15000
+#define KAFKA_READ_LIMIT_MS 60000
+#define KAFKA_WATERMARK_TIMEOUT_MS 5000
 #define CE_CORRELATION_HEADER "ce_correlationid"
 
 int trace_correlation_id_valid(const char *cid)
@@ -588,27 +587,33 @@ static int collect_bus(const bus_config *cfg, trace_tree *t, char *err, size_t e
     bus_consumer *c = bus_consumer_open(cfg, &sub, err, errlen);
     if (!c)
         return -1;
-    int64_t last = util_monotonic_ns() / 1000000, seen = 0;
+    int64_t deadline = util_monotonic_ns() / 1000000 + KAFKA_READ_LIMIT_MS;
+    int rc = -1;
     for (;;) {
         const bus_message *msgs;
         size_t n;
-        if (bus_consumer_poll(c, 200, &msgs, &n, err, errlen) != 0) {
-            bus_consumer_close(c);
-            return -1;
-        }
-        int64_t now = util_monotonic_ns() / 1000000;
+        if (bus_consumer_poll(c, 200, &msgs, &n, err, errlen) != 0)
+            break;
         for (size_t i = 0; i < n; i++)
             consider(t, msgs[i].topic, msgs[i].value, msgs[i].value_len, msgs[i].headers,
                      msgs[i].headers_len);
-        if (n > 0) {
-            last = now;
-            seen += (int64_t)n;
-        } else if (now - last >= (seen ? KAFKA_IDLE_MS : KAFKA_FIRST_MS)) {
+        if (n > 0)
+            continue;
+        int end = bus_consumer_caught_up(c, KAFKA_WATERMARK_TIMEOUT_MS, err, errlen);
+        if (end < 0)
+            break;
+        if (end) {
+            rc = 0;
+            break;
+        }
+        if (util_monotonic_ns() / 1000000 > deadline) {
+            util_error(err, errlen, "Kafka: the topics were not read to their end within %d s",
+                       KAFKA_READ_LIMIT_MS / 1000);
             break;
         }
     }
     bus_consumer_close(c);
-    return 0;
+    return rc;
 }
 
 int trace_collect(const bus_config *cfg, trace_tree *t, char *err, size_t errlen)
