@@ -79,9 +79,12 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libherald.a
 unit: all $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
+# The end-to-end files run E2E_JOBS at a time (pytest-xdist): most of their
+# time is spent waiting (group joins, retries, SMTP), not on the CPU.
+E2E_JOBS ?= 3
 e2e: all $(TOOL_BIN)
 	HERALD_BIN=$(abspath $(BUILD)/herald) HERALD_TOOLS=$(abspath $(BUILD)/tools) \
-		$(PYTHON) -m pytest -q -p no:cacheprovider tests/e2e
+		$(PYTHON) -m pytest -q -p no:cacheprovider -n $(E2E_JOBS) tests/e2e
 
 test: unit e2e
 
