@@ -35,11 +35,12 @@ typedef struct api_request {
 
 typedef struct api_response {
     int status;
-    char *body;         /* malloc'd; NULL for no body (204) */
-    int problem;        /* body is application/problem+json */
-    char location[128]; /* "" if none */
-    char etag[32];      /* "" if none */
-    const char *allow;  /* for 405; NULL otherwise */
+    char *body;               /* malloc'd; NULL for no body (204) */
+    int problem;              /* body is application/problem+json */
+    char location[128];       /* "" if none */
+    char etag[32];            /* "" if none */
+    const char *allow;        /* for 405; NULL otherwise */
+    const char *content_type; /* a static string when the body is not JSON */
 } api_response;
 
 /* A change accepted by validation, waiting for the store. */
@@ -67,6 +68,13 @@ void api_handle_sync(task_store *store, const api_request *req, api_response *re
  */
 void api_problem(api_response *resp, int status, const char *slug, const char *title,
                  const char *detail, json_t *errors);
+
+/*
+ * The template of the route that path belongs to ("/tasks/{id}"), or
+ * "unknown": a static string, for metrics labels (a bounded set, unlike
+ * raw paths).
+ */
+const char *api_route_template(const char *path);
 
 /*
  * Validate an X-Correlation-ID value: 1..128 printable ASCII characters.

@@ -12,6 +12,7 @@
 #include "api/server.h"
 #include "bus/outbox.h"
 #include "cli/agent_runner.h"
+#include "cli/api_metrics.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "store/task_store.h"
@@ -35,6 +36,7 @@ static const char *api_usage =
     "  DELETE /tasks/{id}            delete (204)\n"
     "  GET    /tasks/{id}/events     the task's events in order\n"
     "  GET    /healthz               liveness\n"
+    "  GET    /metrics               Prometheus metrics (text format 0.0.4)\n"
     "Every change is stored together with its event (task.created, task.updated,\n"
     "task.completed, task.deleted on topic task-events) in one transaction.\n"
     "Stop with SIGINT or SIGTERM: requests in flight finish first.\n"
@@ -84,6 +86,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     api_server *srv = NULL;
     agent_runner *agents = NULL;
     bus_relay *relay = NULL;
+    api_metrics *metrics = NULL;
     int with_agents = strcmp(cmd, "up") == 0;
     char err[1024];
     if (cli_finish_parse(cmd, &args, usage, 0, &status))
@@ -116,6 +119,10 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
             goto out;
         }
     }
+    if (!(metrics = api_metrics_start(&bus, relay, err, sizeof(err)))) {
+        fprintf(stderr, "herald %s: %s\n", cmd, err);
+        goto out;
+    }
     if (with_agents && !(agents = start_agents(&bus, cfg, err, sizeof(err)))) {
         fprintf(stderr, "herald %s: %s\n", cmd, err);
         goto out;
@@ -139,6 +146,8 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     srv = NULL;
     agent_runner_stop(agents);
     agents = NULL;
+    api_metrics_stop(metrics);
+    metrics = NULL;
     bus_relay_stop(relay, SHUTDOWN_GRACE_MS);
     relay = NULL;
     uint64_t batches, requests;
@@ -151,6 +160,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
 out:
     api_server_stop(srv, 0);
     agent_runner_stop(agents);
+    api_metrics_stop(metrics);
     bus_relay_stop(relay, 0);
     task_store_close(store);
     free(args.positional);
