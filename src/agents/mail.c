@@ -23,12 +23,16 @@
  * The code from CURLINFO_RESPONSE_CODE decides: 5xx is permanent, anything
  * else that failed (4xx, no reply, a timeout) is temporary.
  *
+ * Metrics: each transaction's duration, and its failure by reason (4xx,
+ * 5xx, transport), go to herald_smtp_* (metrics/catalog.h).
+ *
  * Threads: composition is pure and thread-safe; a mail_smtp belongs to one
  * thread at a time. Ownership: see mail.h.
  */
 #include "agents/mail.h"
 
 #include "common/util.h"
+#include "metrics/catalog.h"
 
 #include <curl/curl.h>
 #include <dirent.h>
@@ -642,10 +646,18 @@ mail_result mail_smtp_send(mail_smtp *s, const char *from, const char *to, const
         rc = curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)len);
-    if (rc == CURLE_OK)
+    int64_t start = -1;
+    if (rc == CURLE_OK) {
+        start = util_monotonic_ns();
         rc = curl_easy_perform(c);
+    }
     long code = 0;
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
+    if (start >= 0)
+        metrics_smtp_call(util_monotonic_ns() - start, rc == CURLE_OK               ? NULL
+                                                       : code >= 500 && code <= 599 ? "5xx"
+                                                       : code >= 400 && code <= 499 ? "4xx"
+                                                                                    : "transport");
     curl_easy_setopt(c, CURLOPT_MAIL_RCPT, (struct curl_slist *)NULL);
     curl_slist_free_all(rcpt);
     s->data = NULL;

@@ -20,6 +20,9 @@
  *   is read and dropped.
  * - CURLOPT_NOSIGNAL: libcurl must not use signals, herald is threaded.
  *
+ * - Metrics: each POST's duration, and a non-2xx answer or no answer by
+ *   reason (3xx, 4xx, 5xx, transport), go to herald_webhook_* (catalog.h).
+ *
  * Threads: libcurl's global initialisation runs once (pthread_once) and is
  * never undone, since other threads may still use libcurl; a webhook is
  * used by one thread at a time.
@@ -27,6 +30,7 @@
 #include "agents/webhook.h"
 
 #include "common/util.h"
+#include "metrics/catalog.h"
 
 #include <curl/curl.h>
 #include <pthread.h>
@@ -217,12 +221,21 @@ int webhook_post_json(webhook *w, const char *url, const char *body, size_t len,
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout_ms);
 
+    int64_t start = util_monotonic_ns();
     CURLcode rc = curl_easy_perform(c);
+    int64_t took = util_monotonic_ns() - start;
     w->resp = NULL;
     if (rc != CURLE_OK) {
+        metrics_webhook_call(took, "transport");
         resp->retry_after_ms = -1;
         return util_error(err, errlen, "%s", w->errbuf[0] ? w->errbuf : curl_easy_strerror(rc));
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp->status);
+    long s = resp->status;
+    metrics_webhook_call(took, s >= 200 && s <= 299   ? NULL
+                               : s >= 300 && s <= 399 ? "3xx"
+                               : s >= 400 && s <= 499 ? "4xx"
+                               : s >= 500 && s <= 599 ? "5xx"
+                                                      : "other");
     return 0;
 }

@@ -13,6 +13,7 @@
 #include "common/util.h"
 #include "event/event.h"
 #include "trace/trace.h"
+#include "metrics/metrics.h"
 
 #include <openssl/evp.h>
 #include <stdarg.h>
@@ -839,6 +840,52 @@ void api_readyz(const api_request *req, api_ready_fn fn, void *arg, api_response
     resp->body = dump(body);
 }
 
+/*
+ * Route templates, for metrics labels: a "{name}" segment matches one
+ * non-empty path segment. A row with a label counts its pattern under that
+ * label ("/tasks/" is served as "/tasks").
+ */
+static const struct route_template {
+    const char *pattern;
+    const char *label; /* NULL: the pattern */
+} route_templates[] = {
+    {"/healthz", NULL},           {"/metrics", NULL},    {"/tasks", NULL},
+    {"/tasks/", "/tasks"},        {"/tasks/{id}", NULL}, {"/tasks/{id}/complete", NULL},
+    {"/tasks/{id}/events", NULL}, {"/readyz", NULL},     {"/traces/{correlation_id}", NULL},
+};
+
+static int template_matches(const char *pattern, const char *path)
+{
+    while (*pattern && *path) {
+        if (*pattern == '{') {
+            pattern = strchr(pattern, '}');
+            if (!pattern || *path == '/')
+                return 0;
+            pattern++;
+            path += strcspn(path, "/");
+        } else if (*pattern++ != *path++) {
+            return 0;
+        }
+    }
+    return !*pattern && !*path;
+}
+
+const char *api_route_template(const char *path)
+{
+    for (size_t i = 0; path && i < UTIL_ARRAY_LEN(route_templates); i++)
+        if (template_matches(route_templates[i].pattern, path))
+            return route_templates[i].label ? route_templates[i].label : route_templates[i].pattern;
+    return "unknown";
+}
+
+/* GET /metrics: the Prometheus text exposition of this process. */
+static void metrics_page(api_response *resp)
+{
+    resp->status = 200;
+    resp->body = metrics_render(NULL);
+    resp->content_type = METRICS_CONTENT_TYPE;
+}
+
 api_pending *api_handle(task_store *store, const api_request *req, api_response *resp)
 {
     const char *m = req->method;
@@ -851,6 +898,13 @@ api_pending *api_handle(task_store *store, const api_request *req, api_response 
             resp->status = 200;
             resp->body = xstrdup("{\"status\":\"ok\"}");
         }
+        return NULL;
+    }
+    if (strcmp(path, "/metrics") == 0) {
+        if (get)
+            metrics_page(resp);
+        else
+            method_not_allowed(resp, m, "GET, HEAD");
         return NULL;
     }
     if (strcmp(path, "/tasks") == 0 || strcmp(path, "/tasks/") == 0) {

@@ -39,11 +39,12 @@ typedef struct api_request {
 
 typedef struct api_response {
     int status;
-    char *body;         /* malloc'd; NULL for no body (204) */
-    int problem;        /* body is application/problem+json */
-    char location[128]; /* "" if none */
-    char etag[32];      /* "" if none */
-    const char *allow;  /* for 405; NULL otherwise */
+    char *body;               /* malloc'd; NULL for no body (204) */
+    int problem;              /* body is application/problem+json */
+    char location[128];       /* "" if none */
+    char etag[32];            /* "" if none */
+    const char *allow;        /* for 405; NULL otherwise */
+    const char *content_type; /* a static string when the body is not JSON */
 } api_response;
 
 /* A change accepted by validation, waiting for the store. */
@@ -87,6 +88,13 @@ typedef int (*api_ready_fn)(void *arg, json_t *checks);
  * the same "checks". fn NULL (not wired yet): 503. Other methods: 405.
  */
 void api_readyz(const api_request *req, api_ready_fn fn, void *arg, api_response *resp);
+
+/*
+ * The template of the route that path belongs to ("/tasks/{id}"), or
+ * "unknown": a static string, for metrics labels (a bounded set, unlike
+ * raw paths).
+ */
+const char *api_route_template(const char *path);
 
 /*
  * Validate an X-Correlation-ID value: 1..128 printable ASCII characters.

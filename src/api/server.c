@@ -17,7 +17,8 @@
  * tracestate, as the spec asks (logged at debug). The span's traceparent
  * goes into the events the request publishes and back to the client as
  * `traceresponse` (Trace Context Level 2), so a client that sent none
- * learns the trace id.
+ * learns the trace id. Every answered request is counted in metrics
+ * (catalog.h: by method, route template and status).
  *
  * Threads: a pool of epoll threads (one per core) serves every connection.
  * A change is never waited for on those threads: the connection is
@@ -35,6 +36,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "event/event.h"
+#include "metrics/catalog.h"
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -244,7 +246,9 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, request_ctx *c
         return MHD_NO;
     if (len)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
-                                resp->problem ? "application/problem+json" : "application/json");
+                                resp->content_type ? resp->content_type
+                                : resp->problem    ? "application/problem+json"
+                                                   : "application/json");
     MHD_add_response_header(r, "X-Correlation-ID", ctx->correlation_id);
     if (ctx->traceparent[0])
         MHD_add_response_header(r, "traceresponse", ctx->traceparent);
@@ -257,7 +261,9 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, request_ctx *c
     enum MHD_Result ok = MHD_queue_response(conn, (unsigned)resp->status, r);
     MHD_destroy_response(r);
     ctx->answered = 1;
-    double ms = (double)(util_monotonic_ns() - ctx->start_ns) / 1e6;
+    int64_t ns = util_monotonic_ns() - ctx->start_ns;
+    metrics_http_request(method, api_route_template(url), resp->status, ns);
+    double ms = (double)ns / 1e6;
     if (log_threshold <= LOG_LEVEL_INFO) {
         char path[LOG_PATH_MAX * 4 + 8];
         loggable(url, path, sizeof(path));

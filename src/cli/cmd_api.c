@@ -12,6 +12,7 @@
 #include "api/server.h"
 #include "bus/outbox.h"
 #include "cli/agent_runner.h"
+#include "cli/api_metrics.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "ops/ready.h"
@@ -38,6 +39,7 @@ static const char *api_usage =
     "  GET    /healthz               liveness\n"
     "  GET    /readyz                readiness: store and bus reachable, agents running\n"
     "                                and not stalled (--stall-after); 503 names what fails\n"
+    "  GET    /metrics               Prometheus metrics (text format 0.0.4)\n"
     "Every change is stored together with its event (task.created, task.updated,\n"
     "task.completed, task.deleted on topic task-events) in one transaction.\n"
     "Stop with SIGINT or SIGTERM: requests in flight finish first.\n"
@@ -88,6 +90,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     agent_runner *agents = NULL;
     bus_relay *relay = NULL;
     ops_ready *ready = NULL;
+    api_metrics *metrics = NULL;
     int with_agents = strcmp(cmd, "up") == 0;
     char err[1024];
     if (cli_finish_parse(cmd, &args, usage, 0, &status))
@@ -120,6 +123,10 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
             goto out;
         }
     }
+    if (!(metrics = api_metrics_start(&bus, relay, err, sizeof(err)))) {
+        fprintf(stderr, "herald %s: %s\n", cmd, err);
+        goto out;
+    }
     if (with_agents && !(agents = start_agents(&bus, cfg, err, sizeof(err)))) {
         fprintf(stderr, "herald %s: %s\n", cmd, err);
         goto out;
@@ -147,6 +154,8 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     srv = NULL;
     agent_runner_stop(agents);
     agents = NULL;
+    api_metrics_stop(metrics);
+    metrics = NULL;
     bus_relay_stop(relay, SHUTDOWN_GRACE_MS);
     relay = NULL;
     uint64_t batches, requests;
@@ -160,6 +169,7 @@ out:
     api_server_stop(srv, 0);
     ops_ready_free(ready);
     agent_runner_stop(agents);
+    api_metrics_stop(metrics);
     bus_relay_stop(relay, 0);
     task_store_close(store);
     free(args.positional);

@@ -41,6 +41,12 @@
  * and every RUNTIME_HEARTBEAT_MS, and while it waits to retry, it upserts
  * its heartbeat row (runtime.h), a tiny autocommit write outside any batch.
  *
+ * Metrics (metrics/catalog.h, the group's series resolved once at open):
+ * every handler call is timed and its failure counted as it happens; the
+ * records consumed, handled and dead-lettered and the derived events (by
+ * type) are added once their transaction has committed: a few relaxed
+ * atomic adds per event or per batch, no lock.
+ *
  * Threads: the loop runs on one thread; agent_runtime_stop(),
  * agent_runtime_stats() and agent_runtime_health() may be called from
  * others (an atomic flag, an eventfd, a mutex around the counters, atomics
@@ -53,6 +59,7 @@
 #include "bus/sqlite_log.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "metrics/catalog.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -91,6 +98,7 @@ typedef struct pending_record {
     bus_header headers[BUS_ENVELOPE_HEADERS + 6];
     char *header_values[BUS_ENVELOPE_HEADERS + 6];
     size_t header_count;
+    metrics_counter *published; /* a derived event: its type's counter */
 } pending_record;
 
 typedef struct record_list {
@@ -156,6 +164,7 @@ struct agent_runtime {
     sqlite3_stmt *beat, *unbeat;
     char *subscription;
     int64_t next_beat_ms;
+    metrics_group metrics; /* this group's series (catalog.h) */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -415,6 +424,7 @@ static int emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
     r->topic = xstrdup(topic);
     r->key = key ? xstrdup(key) : NULL;
     r->value = event_encode(&ev, &r->value_len);
+    r->published = metrics_published(type);
     bus_header h[BUS_ENVELOPE_HEADERS];
     char timebuf[EVENT_TIME_LEN + 1];
     size_t nh = bus_envelope_headers(&ev, h, timebuf);
@@ -608,6 +618,7 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
         util_error(err, errlen, "agent definition needs a name, a group and a handler");
         goto fail;
     }
+    metrics_group_resolve(def->group, &rt->metrics);
     rt->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (rt->stop_fd < 0) {
         util_error(err, errlen, "eventfd: %s", strerror(errno));
@@ -871,6 +882,25 @@ static int retry_wait(agent_runtime *rt, int64_t delay_ms)
     }
 }
 
+/* One call of the handler, timed and counted in metrics. */
+static agent_outcome timed_handle(agent_runtime *rt, agent_ctx *ctx, const event *ev, char *reason,
+                                  size_t reasonlen)
+{
+    int64_t start = util_monotonic_ns();
+    agent_outcome o = rt->def.handle(rt->def.state, ctx, ev, reason, reasonlen);
+    metrics_histogram_observe_ns(rt->metrics.handler_duration, util_monotonic_ns() - start);
+    if (o != AGENT_OK)
+        metrics_counter_add(rt->metrics.failed, 1);
+    return o;
+}
+
+/* The derived events of a committed transaction, counted by type. */
+static void count_published(const agent_runtime *rt)
+{
+    for (size_t i = 0; i < rt->emits.count; i++)
+        metrics_counter_add(rt->emits.items[i].published, 1);
+}
+
 /*
  * Handle one decoded event outside the transaction, with retries.
  * Returns 0 when the event is settled (handled or dead-lettered), 1 when the
@@ -884,7 +914,7 @@ static int handle_with_retries(agent_runtime *rt, const bus_message *m, const ev
     for (int attempt = 1;; attempt++) {
         agent_ctx ctx = {rt, m, ev, attempt, -1, 0, rt->emits.count};
         reason[0] = '\0';
-        agent_outcome o = rt->def.handle(rt->def.state, &ctx, ev, reason, sizeof(reason));
+        agent_outcome o = timed_handle(rt, &ctx, ev, reason, sizeof(reason));
         if (o == AGENT_OK) {
             mark_processed(rt, ev->event_id);
             settled(rt);
@@ -908,6 +938,7 @@ static int handle_with_retries(agent_runtime *rt, const bus_message *m, const ev
             settled(rt);
             return 0;
         }
+        metrics_counter_add(rt->metrics.retried, 1);
         int64_t delay = ctx.retry_after_ms >= 0 ? ctx.retry_after_ms : backoff_ms(rt, attempt);
         log_event_line(rt, LOG_LEVEL_WARN, m, ev, "retrying", attempt, t0, reason,
                        "%s: %s [%s] attempt %d/%d failed: %s; retrying in %" PRId64 " ms",
@@ -980,7 +1011,7 @@ static int run_deferred(agent_runtime *rt, const bus_message *m, const event *ev
         return -1;
     agent_ctx ctx = {rt, m, ev, 1, -1, 1, rt->emits.count};
     reason[0] = '\0';
-    agent_outcome o = rt->def.handle(rt->def.state, &ctx, ev, reason, sizeof(reason));
+    agent_outcome o = timed_handle(rt, &ctx, ev, reason, sizeof(reason));
     if (o == AGENT_OK) {
         mark_processed(rt, ev->event_id);
         log_event_line(rt, LOG_LEVEL_INFO, m, ev, "handled", 1, 0, NULL, "%s: %s [%s] handled",
@@ -1065,6 +1096,7 @@ static int commit_batch(agent_runtime *rt, const bus_message *msgs, char *err, s
     }
     if (bus_log_commit(rt->log, err, errlen) != 0)
         return -1;
+    count_published(rt);
     if (sc) {
         bus_consumer_sqlite_mark_committed(sc);
     } else if (bus_consumer_commit(rt->consumer, err, errlen) != 0) {
@@ -1112,8 +1144,11 @@ static int fire_timers(agent_runtime *rt, size_t polled, char *err, size_t errle
         return -1;
     }
     size_t emitted = rt->emits.count;
+    int rc = bus_log_commit(rt->log, err, errlen);
+    if (rc == 0)
+        count_published(rt);
     record_truncate(&rt->emits, 0);
-    if (bus_log_commit(rt->log, err, errlen) != 0)
+    if (rc != 0)
         return -1;
     stat_add(rt, &rt->stats.emitted, emitted);
     return 0;
@@ -1270,6 +1305,11 @@ int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char 
     rt->stats.duplicates += duplicates;
     rt->stats.batches += done > 0;
     pthread_mutex_unlock(&rt->stats_lock);
+    if (done > 0) {
+        metrics_counter_add(rt->metrics.consumed, done);
+        metrics_counter_add(rt->metrics.handled, rt->handled_count);
+        metrics_counter_add(rt->metrics.dead_lettered, rt->dead.count);
+    }
     clear_batch(rt);
     return fire_timers(rt, n, err, errlen);
 }

@@ -30,6 +30,7 @@
 #include "bus/sqlite_log.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "metrics/catalog.h"
 
 #include <pthread.h>
 #include <sqlite3.h>
@@ -83,6 +84,7 @@ struct task_store {
     int writer_started;
     int64_t next_purge_ms;
     uint64_t batches, requests;
+    metrics_counter *published[4]; /* by store_op: task.created, ... */
     /* read pool */
     pthread_mutex_t pool_lock;
     reader *pool;
@@ -572,6 +574,14 @@ static int run_transaction(task_store *s, store_request *first, store_request *s
     return 0;
 }
 
+/* Count the events of the committed requests [first, stop) in metrics. */
+static void count_published(task_store *s, store_request *first, store_request *stop)
+{
+    for (store_request *r = first; r != stop; r = r->next_)
+        if (r->outcome == STORE_DONE && (unsigned)r->op < UTIL_ARRAY_LEN(s->published))
+            metrics_counter_add(s->published[r->op], 1);
+}
+
 /*
  * The whole batch in one transaction. Requests that fail logically (not
  * found, stale version) write nothing, so no savepoints are needed; if one
@@ -586,6 +596,7 @@ static void run_batch(task_store *s, store_request *batch)
     if (run_transaction(s, batch, NULL) == 0) {
         s->batches++;
         s->requests += n;
+        count_published(s, batch, NULL);
         return;
     }
     if (n > 1)
@@ -597,6 +608,7 @@ static void run_batch(task_store *s, store_request *batch)
         if (run_transaction(s, r, NULL) == 0) {
             s->batches++;
             s->requests++;
+            count_published(s, r, NULL);
         } else {
             reset_outputs(r);
             r->outcome = STORE_FAILED;
@@ -714,6 +726,10 @@ task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
     if (!s->log)
         goto fail;
     s->outbox = cfg->kind != BUS_SQLITE;
+    s->published[STORE_CREATE] = metrics_published("task.created");
+    s->published[STORE_UPDATE] = metrics_published("task.updated");
+    s->published[STORE_COMPLETE] = metrics_published("task.completed");
+    s->published[STORE_DELETE] = metrics_published("task.deleted");
     if (s->outbox && bus_outbox_ensure(s->log, err, errlen) != 0)
         goto fail;
     s->db_path = xstrdup(bus_log_db_path(s->log));
