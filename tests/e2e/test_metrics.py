@@ -252,3 +252,47 @@ def test_outbox_depth_in_kafka_mode(procs, data_dir):
                        lambda: (lambda s: s if s.get("herald_outbox_depth") == 0 else None)(
                            scrape()))
     assert relayed.get("herald_outbox_relayed_total") == 3
+
+
+def test_consumer_lag_gauges_follow_a_stuck_group(procs, data_dir):
+    """The email group is stuck retrying its first record (the SMTP server
+    answers 451 to every mail): its lag on task-events is every task
+    created, and the oldest one's age grows; the other groups catch up
+    to 0. The figures are herald lag's (one sample), summed per topic."""
+    n = 4
+    with SmtpServer() as smtp, WebhookReceiver() as hook:
+        smtp.refuse("DATA", "451 4.3.0 try later", times=100000)
+        env = {"HERALD_SMTP_URL": smtp.url, "HERALD_SMTP_FROM": "herald@example.org",
+               "HERALD_EMAIL_DOMAIN": "example.org", "HERALD_SLACK_WEBHOOK_URL": hook.url(),
+               "HERALD_RETRY_BASE": "200ms", "HERALD_RETRY_MAX": "500ms",
+               "HERALD_RETRY_ATTEMPTS": "100", "NO_PROXY": "127.0.0.1"}
+        api = start_api(procs, data_dir, cmd="up", env=env)
+        scrape = Scraper(api)
+        first = scrape()
+        assert first.types.get("herald_consumer_lag_events") == "gauge"
+        assert first.types.get("herald_consumer_lag_seconds") == "gauge"
+        for i in range(n):
+            assert api.create(f"task {i}", "user-1").status == 201
+        hook.wait_for(n)
+
+        def lagging():
+            s = scrape()
+            stuck = s.get("herald_consumer_lag_events", group="notification-email",
+                          topic="task-events")
+            slack = s.samples.get(("herald_consumer_lag_events",
+                                   frozenset({("group", "notification-slack"),
+                                              ("topic", "task-events")})))
+            return s if stuck == n and slack == 0 else None
+
+        s = wait_for("the email group's lag to show", lagging)
+        assert s.get("herald_consumer_lag_seconds", group="notification-slack",
+                     topic="task-events") == 0
+        # the age of the oldest waiting event grows while the group is stuck
+        age = s.get("herald_consumer_lag_seconds", group="notification-email",
+                    topic="task-events")
+        assert age > 0
+        older = wait_for("the lag's age to grow", lambda: (lambda x: x if x.get(
+            "herald_consumer_lag_seconds", group="notification-email",
+            topic="task-events") >= age + 1.0 else None)(scrape()))
+        assert older.get("herald_consumer_lag_events", group="notification-email",
+                         topic="task-events") == n
