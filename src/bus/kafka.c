@@ -71,12 +71,11 @@
 
 static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
-    (void)rk;
     enum log_level lv = level <= 3   ? LOG_LEVEL_ERROR
                         : level == 4 ? LOG_LEVEL_WARN
                         : level <= 6 ? LOG_LEVEL_INFO
                                      : LOG_LEVEL_DEBUG;
-    LOG_AT(lv, NULL, "kafka %s: %s", fac, buf);
+    LOG_AT(lv, NULL, "kafka %s: %s: %s", rd_kafka_name(rk), fac, buf);
 }
 
 static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
@@ -85,10 +84,11 @@ static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *op
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char why[512];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof(why));
-        LOG_ERROR("kafka: fatal error %s: %s", rd_kafka_err2name(orig), why);
+        LOG_ERROR("kafka %s: fatal error %s: %s", rd_kafka_name(rk), rd_kafka_err2name(orig), why);
         return;
     }
-    LOG_WARN("kafka: %s: %s", rd_kafka_err2name((rd_kafka_resp_err_t)err), reason);
+    LOG_WARN("kafka %s: %s: %s", rd_kafka_name(rk), rd_kafka_err2name((rd_kafka_resp_err_t)err),
+             reason);
 }
 
 static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err,

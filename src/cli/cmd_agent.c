@@ -150,7 +150,7 @@ int cmd_agent(int argc, char **argv, herald_config *cfg)
     signal(SIGPIPE, SIG_IGN);
 
     bus_config bus;
-    if (config_bus(cfg, &bus, err, sizeof(err)) != 0) {
+    if (config_bus(cfg, is_exec ? o.group : name, &bus, err, sizeof(err)) != 0) {
         fprintf(stderr, "herald agent: %s\n", err);
         goto out;
     }

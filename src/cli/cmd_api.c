@@ -104,7 +104,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     signal(SIGPIPE, SIG_IGN);
 
     bus_config bus;
-    if (config_bus(cfg, &bus, err, sizeof(err)) != 0) {
+    if (config_bus(cfg, with_agents ? "herald-up" : "task-api", &bus, err, sizeof(err)) != 0) {
         fprintf(stderr, "herald %s: %s\n", cmd, err);
         goto out;
     }

@@ -267,7 +267,7 @@ int cmd_dlq(int argc, char **argv, herald_config *cfg)
     }
     status = CLI_FAILED;
     bus_config bus;
-    if (config_bus(cfg, &bus, err, sizeof(err)) != 0)
+    if (config_bus(cfg, "herald-dlq", &bus, err, sizeof(err)) != 0)
         goto fail;
     int kafka = bus.kind == BUS_KAFKA;
     bus_config local = bus; /* Kafka: the data directory's database */

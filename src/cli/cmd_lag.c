@@ -138,7 +138,7 @@ int cmd_lag(int argc, char **argv, herald_config *cfg)
         o.opt.stall_ms = cfg->stall_after_ms;
     status = CLI_FAILED;
     bus_config bus;
-    if (config_bus(cfg, &bus, err, sizeof(err)) != 0 ||
+    if (config_bus(cfg, "herald-lag", &bus, err, sizeof(err)) != 0 ||
         lag_collect(&bus, &o.opt, &rows, &n, err, sizeof(err)) != 0) {
         fprintf(stderr, "herald lag: %s\n", err);
         goto out;

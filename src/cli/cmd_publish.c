@@ -105,7 +105,7 @@ int cmd_publish(int argc, char **argv, herald_config *cfg)
 
     status = CLI_FAILED;
     bus_config bus;
-    if (config_bus(cfg, &bus, err, sizeof(err)) != 0) {
+    if (config_bus(cfg, "herald-publish", &bus, err, sizeof(err)) != 0) {
         fprintf(stderr, "herald publish: %s\n", err);
         goto out;
     }

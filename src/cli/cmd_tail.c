@@ -123,7 +123,7 @@ int cmd_tail(int argc, char **argv, herald_config *cfg)
         goto out;
     status = CLI_FAILED;
     bus_config bus;
-    if (config_bus(cfg, &bus, err, sizeof(err)) != 0) {
+    if (config_bus(cfg, "herald-tail", &bus, err, sizeof(err)) != 0) {
         fprintf(stderr, "herald tail: %s\n", err);
         goto out;
     }

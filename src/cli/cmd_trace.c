@@ -76,7 +76,7 @@ int cmd_trace(int argc, char **argv, herald_config *cfg)
     }
     status = CLI_FAILED;
     bus_config bus;
-    if (config_bus(cfg, &bus, err, sizeof(err)) != 0) {
+    if (config_bus(cfg, "herald-trace", &bus, err, sizeof(err)) != 0) {
         fprintf(stderr, "herald trace: %s\n", err);
         goto out;
     }

@@ -423,9 +423,11 @@ int config_load(herald_config *cfg, char *err, size_t errlen)
     return load_kafka_env(cfg, err, errlen);
 }
 
-int config_bus(const herald_config *cfg, bus_config *bus, char *err, size_t errlen)
+int config_bus(const herald_config *cfg, const char *component, bus_config *bus, char *err,
+               size_t errlen)
 {
     bus_config b = BUS_CONFIG_INIT;
+    b.client_id = component;
     if (bus_config_set_url(&b, cfg->bus_url, err, errlen) != 0)
         return -1;
     b.data_dir = cfg->data_dir;

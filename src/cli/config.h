@@ -72,8 +72,12 @@ int config_set(herald_config *cfg, const char *name, const char *value, char *er
  * it is a switch ("--no-create-topics"; its variable takes 0 or 1). */
 int config_flag_takes_value(const char *name);
 
-/* Fill a bus configuration from cfg (pointers borrow cfg's strings). */
-int config_bus(const herald_config *cfg, bus_config *bus, char *err, size_t errlen);
+/* Fill a bus configuration from cfg (pointers borrow cfg's strings).
+ * component names the client on the bus (Kafka client.id, unless
+ * HERALD_KAFKA_CLIENT_ID overrides it): "task-api", "herald-tail", ...;
+ * it must outlive bus. */
+int config_bus(const herald_config *cfg, const char *component, bus_config *bus, char *err,
+               size_t errlen);
 
 /* Fill the agents' settings from cfg (pointers borrow cfg's strings). */
 void config_agents(const herald_config *cfg, agent_settings *out);

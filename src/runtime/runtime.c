@@ -632,7 +632,9 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
     sub.reset = BUS_RESET_EARLIEST;
     sub.max_batch = rt->def.max_batch;
     char why[512];
-    rt->consumer = bus_consumer_open(cfg, &sub, why, sizeof(why));
+    bus_config consumer_cfg = *cfg; /* the agent names its client (Kafka client.id) */
+    consumer_cfg.client_id = def->name;
+    rt->consumer = bus_consumer_open(&consumer_cfg, &sub, why, sizeof(why));
     if (!rt->consumer) {
         util_error(err, errlen, "agent '%s': %s", def->name, why);
         goto fail;

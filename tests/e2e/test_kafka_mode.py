@@ -146,3 +146,31 @@ def test_bad_kafka_settings_are_usage_errors(herald):
     assert r.returncode == 2 and "--kafka" in r.stderr
     r = herald("api", env={"HERALD_KAFKA_": "x"})
     assert r.returncode == 2 and "HERALD_KAFKA_" in r.stderr
+
+
+def test_each_component_names_its_kafka_client(procs, data_dir, tmp_path):
+    """client.id is the component's name: `herald up`'s relay producer is
+    herald-up, each agent's consumer its agent's name. librdkafka names its
+    handles CLIENT_ID#producer-N / #consumer-N, and herald's log lines about
+    a client carry that name: with every broker down, each client reports
+    it in its own name."""
+    mock = KafkaMock(topics=TOPICS)
+    procs.adopt(mock.popen)
+    env = kafka_env(mock, {"HERALD_AUDIT_DIR": str(tmp_path / "audit")})
+    api = start_api(procs, data_dir, cmd="up", env=env)
+    assert api.create(title="before the outage").status == 201
+    for broker in (1, 2, 3):
+        assert mock.command(f"down {broker}").startswith("ok")
+    wanted = {"herald-up#producer", "email#consumer", "slack#consumer", "audit#consumer",
+              "scheduler#consumer"}
+    deadline = time.monotonic() + CMD_TIMEOUT
+    seen = set()
+    while time.monotonic() < deadline and seen != wanted:
+        for line in list(api.proc.err_lines):
+            for name in wanted:
+                if f"kafka {name}-" in line:
+                    seen.add(name)
+        time.sleep(0.2)
+    assert seen == wanted, (seen, list(api.proc.err_lines)[-30:])
+    for broker in (1, 2, 3):
+        assert mock.command(f"up {broker}").startswith("ok")
