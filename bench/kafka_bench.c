@@ -11,7 +11,11 @@
  * Every run starts a fresh mock cluster per figure (its own process,
  * posix_spawn; its "bootstrap" line is read from a pipe; it is stopped with
  * "quit" on its stdin and, should it not exit, SIGTERM to its PID) and a
- * fresh data directory. Figures, medians of the runs:
+ * fresh data directory D/relay-RUN, D/drain-RUN. D is removed only after
+ * the last run: ext4 allocates inodes slowly right after many files were
+ * deleted (recently_deleted() in a profile), and deleting one run's 10,000
+ * .eml files just before the next run slowed that run's email agent by up
+ * to 4x. Figures, medians of the runs:
  *
  *  1. relay: the outbox of DATA_DIR holds N (default 50,000) task.created
  *     envelopes (the Task API's shape and CloudEvents headers), appended in
@@ -120,7 +124,7 @@ static void report(const char *name, const char *unit, const double *v, int n, c
 
 static void fresh_dir(const char *dir)
 {
-    char cmd[4200];
+    char cmd[8300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir -p '%s'", dir, dir);
     if (system(cmd) != 0)
         die("cannot prepare", dir);
@@ -128,7 +132,7 @@ static void fresh_dir(const char *dir)
 
 static void remove_dir(const char *dir)
 {
-    char cmd[4200];
+    char cmd[8300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0)
         die("cannot remove", dir);
@@ -444,8 +448,8 @@ static void check_retention(const char *bootstrap, const topic_spec *topics, int
 /* Figures 1 and 2 of one run: events/s of the relay, of bus_produce() and
  * of the outbox fill; seconds of the relay's and the producer's first
  * batch. */
-static void run_relay(const options *o, double *relay_rate, double *produce_rate, double *fill_rate,
-                      double *relay_start, double *produce_start)
+static void run_relay(const options *o, int run, double *relay_rate, double *produce_rate,
+                      double *fill_rate, double *relay_start, double *produce_start)
 {
     char spec1[64], spec2[64];
     snprintf(spec1, sizeof(spec1), "task-events:%d", o->partitions);
@@ -457,10 +461,12 @@ static void run_relay(const options *o, double *relay_rate, double *produce_rate
     char err[1024];
 
     /* fill the outbox */
-    fresh_dir(o->dir);
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/relay-%d", o->dir, run);
+    fresh_dir(dir);
     bus_config local = BUS_CONFIG_INIT, remote;
-    local.data_dir = o->dir;
-    kafka_config(&remote, o->dir, m.bootstrap);
+    local.data_dir = dir;
+    kafka_config(&remote, dir, m.bootstrap);
     bus_log *log = bus_log_open(&local, err, sizeof(err));
     if (!log || bus_outbox_ensure(log, err, sizeof(err)) != 0)
         die("outbox", err);
@@ -510,7 +516,6 @@ static void run_relay(const options *o, double *relay_rate, double *produce_rate
     *produce_rate = (o->events - o->relay_batch) / ((double)tp.ns / 1e9);
     *produce_start = (double)tp.first_ns / 1e9;
     bus_producer_close(tp.p);
-    remove_dir(o->dir);
     check_retention(m.bootstrap, topics, 2);
     mock_stop(&m);
 }
@@ -532,8 +537,8 @@ static const struct drain_agent {
 /* Figure 3 of one run: seconds to drain, seconds until every agent had
  * handled its first record (the group joins), records per topic, and the
  * CPU seconds this process (cpu[0]) and the mock (cpu[1]) used meanwhile. */
-static void run_drain(const options *o, double *drain_s, double *join_s, int64_t totals[T_COUNT],
-                      double cpu[2])
+static void run_drain(const options *o, int run, double *drain_s, double *join_s,
+                      int64_t totals[T_COUNT], double cpu[2])
 {
     int P = o->drain_partitions;
     topic_spec topics[T_COUNT] = {{"task-events", P},
@@ -549,9 +554,11 @@ static void run_drain(const options *o, double *drain_s, double *join_s, int64_t
     specs[T_COUNT] = "task-events.dlq:1";
     mock m;
     mock_start(&m, o->mock_path, specs, T_COUNT + 1);
-    fresh_dir(o->dir);
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/drain-%d", o->dir, run);
+    fresh_dir(dir);
     bus_config cfg;
-    kafka_config(&cfg, o->dir, m.bootstrap);
+    kafka_config(&cfg, dir, m.bootstrap);
     char err[1024];
 
     /* N task.created on task-events, before the clock */
@@ -570,7 +577,7 @@ static void run_drain(const options *o, double *drain_s, double *join_s, int64_t
     if (!log || bus_outbox_ensure(log, err, sizeof(err)) != 0)
         die("outbox", err);
     agent_settings s = AGENT_SETTINGS_INIT;
-    s.data_dir = o->dir;
+    s.data_dir = dir;
     s.smtp_from = "herald@localhost";
     runtime_retry retry = RUNTIME_RETRY_INIT;
     const agent_entry *entries[DRAIN_AGENTS];
@@ -587,7 +594,7 @@ static void run_drain(const options *o, double *drain_s, double *join_s, int64_t
     agent_runner *r = agent_runner_start(&cfg, &s, &retry, entries, DRAIN_AGENTS, err, sizeof(err));
     if (!r)
         die("agents", err);
-    int64_t first[DRAIN_AGENTS] = {0}, done_at = 0;
+    int64_t first[DRAIN_AGENTS] = {0}, caught_up[DRAIN_AGENTS] = {0}, done_at = 0;
     int stable = 0;
     int64_t limit = t0 + (int64_t)DRAIN_TIMEOUT_S * 1000000000;
     while (stable < STABLE_CHECKS) {
@@ -610,11 +617,19 @@ static void run_drain(const options *o, double *drain_s, double *join_s, int64_t
             ok = topic_end(check[0], &topics[t], hi[t], &lost) >= 0;
         if (lost)
             die("drain", "the mock's retention deleted records: use more partitions");
-        for (size_t a = 0; a < DRAIN_AGENTS && ok; a++)
-            for (int t = 0; t < T_COUNT && ok; t++)
+        int all_at_end = ok;
+        for (size_t a = 0; a < DRAIN_AGENTS && ok; a++) {
+            int at_end = 1;
+            for (int t = 0; t < T_COUNT && at_end; t++)
                 if (drain_agents[a].reads[t])
-                    ok = group_at_end(check[a], &topics[t], hi[t]);
-        ok = ok && bus_outbox_depth(log) == 0;
+                    at_end = group_at_end(check[a], &topics[t], hi[t]);
+            if (!at_end)
+                caught_up[a] = 0;
+            else if (!caught_up[a])
+                caught_up[a] = now;
+            all_at_end &= at_end;
+        }
+        ok = all_at_end && bus_outbox_depth(log) == 0;
         if (ok) {
             if (stable++ == 0)
                 done_at = now;
@@ -650,10 +665,11 @@ static void run_drain(const options *o, double *drain_s, double *join_s, int64_t
         if (verbose_stats)
             fprintf(stderr,
                     "kafka_bench: agent %s: %llu handled, %llu skipped, %llu duplicates, "
-                    "%llu emitted, %llu batches\n",
+                    "%llu emitted, %llu batches; first record at %.2f s, caught up at %.2f s\n",
                     name, (unsigned long long)st.handled, (unsigned long long)st.skipped,
                     (unsigned long long)st.duplicates, (unsigned long long)st.emitted,
-                    (unsigned long long)st.batches);
+                    (unsigned long long)st.batches, (double)(first[a] - t0) / 1e9,
+                    caught_up[a] ? (double)(caught_up[a] - t0) / 1e9 : -1.0);
         if (st.dead_lettered || st.retried)
             fprintf(stderr, "kafka_bench: agent %s: %llu retried, %llu dead-lettered\n", name,
                     (unsigned long long)st.retried, (unsigned long long)st.dead_lettered);
@@ -663,7 +679,6 @@ static void run_drain(const options *o, double *drain_s, double *join_s, int64_t
     bus_log_close(log);
     for (size_t a = 0; a < DRAIN_AGENTS; a++)
         rd_kafka_destroy(check[a]);
-    remove_dir(o->dir);
     mock_stop(&m);
 }
 
@@ -726,7 +741,7 @@ int main(int argc, char **argv)
     int64_t totals[T_COUNT] = {0};
     for (int run = 0; run < o.runs; run++) {
         if (o.do_relay) {
-            run_relay(&o, &relay[run], &produce[run], &fill[run], &relay_first[run],
+            run_relay(&o, run, &relay[run], &produce[run], &fill[run], &relay_first[run],
                       &produce_first[run]);
             printf("run %d: outbox fill %.0f events/s (%d per transaction); relay %.0f events/s "
                    "(first batch after %.3f s); bus_produce %.0f events/s (first call %.3f s)\n",
@@ -736,7 +751,7 @@ int main(int argc, char **argv)
         }
         if (o.do_drain) {
             double cpu[2];
-            run_drain(&o, &drain[run], &join[run], totals, cpu);
+            run_drain(&o, run, &drain[run], &join[run], totals, cpu);
             printf("run %d: drain of %d task.created %.2f s (group joins %.2f s; CPU: herald "
                    "%.1f s, mock %.1f s); records: task %lld, notification %lld, email %lld, "
                    "reminder %lld\n",
@@ -746,6 +761,7 @@ int main(int argc, char **argv)
             fflush(stdout);
         }
     }
+    remove_dir(o.dir);
     if (o.do_relay) {
         char name[64];
         printf("# %d task.created, topic of %d partitions, 3 brokers, acks=all, %d records per "
