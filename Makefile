@@ -92,7 +92,7 @@ test: unit e2e
 memcheck: all $(UNIT_BIN)
 	@scripts/memcheck.sh $(BUILD)
 
-bench: all $(BENCH_BIN)
+bench: all $(BENCH_BIN) $(BUILD)/tools/kafka_mock
 	@scripts/bench.sh $(BUILD)
 
 format:

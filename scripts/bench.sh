@@ -1,7 +1,9 @@
 #!/bin/sh
 # Run herald's benchmarks and print medians of several runs.
 #   scripts/bench.sh BUILD_DIR     (make bench calls it with "build")
-# BENCH_RUNS (default 5) sets the number of runs per figure.
+# BENCH_RUNS (default 5) sets the number of runs per figure; BENCH_AGENT_RUNS
+# (default 3) those of the agents, BENCH_KAFKA_RUNS (default 3) those of the
+# Kafka mode (on tests/tools/kafka_mock, the librdkafka mock cluster).
 set -eu
 build=${1:-build}
 runs=${BENCH_RUNS:-5}
@@ -17,3 +19,16 @@ echo
 agent_runs=${BENCH_AGENT_RUNS:-3}
 echo "# command: $build/bench/agents_bench --runs $agent_runs"
 "$build/bench/agents_bench" --runs "$agent_runs" --dir "$build/bench-agents"
+echo
+kafka_runs=${BENCH_KAFKA_RUNS:-3}
+echo "# command: $build/bench/kafka_bench --mock $build/tools/kafka_mock --runs $kafka_runs"
+"$build/bench/kafka_bench" --mock "$build/tools/kafka_mock" --runs "$kafka_runs" \
+    --dir "$build/bench-kafka"
+echo
+# the mock cluster answers pipelined requests on a connection 40 ms late
+# (docs/benchmarks.md, "Kafka mode"); one request in flight per connection
+# shows the relay's rate without that stall
+echo "# command: $build/bench/kafka_bench --mock $build/tools/kafka_mock --runs $kafka_runs" \
+    "--only relay --kafka max.in.flight.requests.per.connection=1"
+"$build/bench/kafka_bench" --mock "$build/tools/kafka_mock" --runs "$kafka_runs" \
+    --dir "$build/bench-kafka" --only relay --kafka max.in.flight.requests.per.connection=1
