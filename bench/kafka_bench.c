@@ -21,7 +21,7 @@
  *     envelopes (the Task API's shape and CloudEvents headers), appended in
  *     transactions of K (16; synchronous=FULL, as the Task API's group
  *     commits) before the clock starts (that fill rate is printed too); then
- *     bus_relay_start() with batches of B (500, herald's default), and
+ *     bus_relay_start() with batches of B (2000, herald's default), and
  *     events/s until the relay has published and deleted all N (every
  *     delivery report confirmed: acks=all, idempotent producer), counted
  *     from its first confirmed batch, whose time (connections, producer id;
@@ -65,6 +65,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "event/event.h"
+#include "event/tracecontext.h"
 #include "runtime/runtime.h"
 
 #include <errno.h>
@@ -83,7 +84,7 @@
 extern char **environ;
 
 #define MAX_RUNS 50
-#define DEFAULT_RELAY_BATCH 500 /* outbox.c's default */
+#define DEFAULT_RELAY_BATCH 2000 /* outbox.c's default */
 #define DRAIN_PUBLISH_BATCH 1000
 #define CHECK_INTERVAL_US 50000
 #define STABLE_CHECKS 3
@@ -278,9 +279,13 @@ static void generate_tasks(int n, size_t batch, record_sink sink, void *arg)
                             sizeof(err)) != 0)
                 die("event", err);
             json_decref(data);
+            /* every Task API event carries a traceparent */
+            char traceparent[TRACE_PARENT_LEN + 1];
+            trace_parent_new(traceparent);
+            event_set_trace(&evs[i], traceparent, NULL);
             size_t len;
             values[i] = event_encode(&evs[i], &len);
-            bus_envelope_headers(&evs[i], headers[i], timebufs[i]);
+            size_t header_count = bus_envelope_headers(&evs[i], headers[i], timebufs[i]);
             bus_record r = BUS_RECORD_INIT;
             r.topic = "task-events";
             r.key = keys[i];
@@ -288,7 +293,7 @@ static void generate_tasks(int n, size_t batch, record_sink sink, void *arg)
             r.value = values[i];
             r.value_len = len;
             r.headers = headers[i];
-            r.header_count = BUS_ENVELOPE_HEADERS;
+            r.header_count = header_count;
             recs[i] = r;
         }
         sink(arg, recs, m);

@@ -24,11 +24,3 @@ kafka_runs=${BENCH_KAFKA_RUNS:-3}
 echo "# command: $build/bench/kafka_bench --mock $build/tools/kafka_mock --runs $kafka_runs"
 "$build/bench/kafka_bench" --mock "$build/tools/kafka_mock" --runs "$kafka_runs" \
     --dir "$build/bench-kafka"
-echo
-# the mock cluster answers pipelined requests on a connection 40 ms late
-# (docs/benchmarks.md, "Kafka mode"); one request in flight per connection
-# shows the relay's rate without that stall
-echo "# command: $build/bench/kafka_bench --mock $build/tools/kafka_mock --runs $kafka_runs" \
-    "--only relay --kafka max.in.flight.requests.per.connection=1"
-"$build/bench/kafka_bench" --mock "$build/tools/kafka_mock" --runs "$kafka_runs" \
-    --dir "$build/bench-kafka" --only relay --kafka max.in.flight.requests.per.connection=1

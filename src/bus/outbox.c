@@ -28,7 +28,7 @@
 #include <sys/inotify.h>
 #include <unistd.h>
 
-#define DEFAULT_RELAY_BATCH 500
+#define DEFAULT_RELAY_BATCH 2000
 #define RELAY_IDLE_WAIT_MS 1000
 #define RELAY_BACKOFF_MIN_MS 100
 #define RELAY_BACKOFF_MAX_MS 5000

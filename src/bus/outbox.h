@@ -45,7 +45,7 @@ typedef struct bus_relay bus_relay;
 /*
  * Start a relay: it reads the outbox of the embedded database in
  * local->data_dir and publishes to the bus of remote (any bus.h backend),
- * in outbox order, up to batch records per bus_produce() (0: 500), deleting
+ * in outbox order, up to batch records per bus_produce() (0: 2000), deleting
  * them once bus_produce() returned success. When the bus fails it logs,
  * waits (backing off up to 5 s) and tries again; nothing is dropped.
  * Returns NULL with err filled if the database or the producer cannot be

@@ -322,10 +322,14 @@ int main(int argc, char **argv)
     char errstr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     /* log_level 4: keep warnings, drop the notice that this handle has no
-     * bootstrap.servers (it needs none). */
+     * bootstrap.servers (it needs none). The mock's broker sockets take their
+     * options from this handle: without TCP_NODELAY a response to a pipelined
+     * request waits for the client's delayed ACK (40 ms on Linux). */
     if (rd_kafka_conf_set(conf, "client.id", "kafka_mock", errstr, sizeof(errstr)) !=
             RD_KAFKA_CONF_OK ||
-        rd_kafka_conf_set(conf, "log_level", "4", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_set(conf, "log_level", "4", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+        rd_kafka_conf_set(conf, "socket.nagle.disable", "true", errstr, sizeof(errstr)) !=
+            RD_KAFKA_CONF_OK) {
         fprintf(stderr, "kafka_mock: %s\n", errstr);
         rd_kafka_conf_destroy(conf);
         free(specs);

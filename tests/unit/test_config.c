@@ -38,7 +38,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.retention_ms, 7LL * 86400 * 1000);
     assert_int_equal(cfg.sync_full, 1);
     bus_config bus;
-    assert_int_equal(config_bus(&cfg, &bus, err, sizeof(err)), 0);
+    assert_int_equal(config_bus(&cfg, "test", &bus, err, sizeof(err)), 0);
     assert_string_equal(bus.data_dir, "./herald-data");
     assert_int_equal(bus.retention_ms, 7LL * 86400 * 1000);
     config_release(&cfg);

@@ -42,7 +42,7 @@ static void test_topic_defaults(void **state)
     assert_int_equal(cfg.topic_replication, 0); /* auto */
     assert_int_equal(cfg.topic_create, 1);
     bus_config bus;
-    assert_int_equal(config_bus(&cfg, &bus, err, sizeof(err)), 0);
+    assert_int_equal(config_bus(&cfg, "test", &bus, err, sizeof(err)), 0);
     assert_int_equal(bus.topic_partitions, 3);
     assert_int_equal(bus.topic_replication, 0);
     assert_int_equal(bus.no_topic_create, 0);
@@ -68,7 +68,7 @@ static void test_topic_environment_then_flags(void **state)
     assert_int_equal(cfg.topic_replication, 2);
     assert_int_equal(cfg.topic_create, 0);
     bus_config bus;
-    assert_int_equal(config_bus(&cfg, &bus, err, sizeof(err)), 0);
+    assert_int_equal(config_bus(&cfg, "test", &bus, err, sizeof(err)), 0);
     assert_int_equal(bus.topic_partitions, 12);
     assert_int_equal(bus.topic_replication, 2);
     assert_int_equal(bus.no_topic_create, 1);
