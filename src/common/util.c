@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -154,4 +155,20 @@ int util_mkdir_p(const char *path)
         return -1;
     }
     return 0;
+}
+
+void util_random_bytes(void *buf, size_t len)
+{
+    unsigned char *p = buf;
+    while (len > 0) {
+        ssize_t n = getrandom(p, len, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            fprintf(stderr, "herald: cannot read random bytes: %s\n", strerror(errno));
+            abort();
+        }
+        p += n;
+        len -= (size_t)n;
+    }
 }

@@ -242,22 +242,6 @@ static int text_error(char *err, size_t errlen, const char *what, enum text_prob
 
 /* ---- ids -------------------------------------------------------------- */
 
-static void fill_random(void *buf, size_t len)
-{
-    unsigned char *p = buf;
-    while (len > 0) {
-        ssize_t n = getrandom(p, len, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            fprintf(stderr, "herald: cannot read random bytes: %s\n", strerror(errno));
-            abort();
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
 /* State of the UUIDv7 generator: the millisecond of the last id and the
  * 12-bit counter used within it (RFC 9562 section 6.2, method 1). */
 static pthread_mutex_t uuid_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -274,7 +258,7 @@ static unsigned uuid_counter;
 void event_uuid_v7(char out[EVENT_UUID_LEN + 1])
 {
     unsigned char rnd[10]; /* 8 for rand_b, 2 to seed the counter */
-    fill_random(rnd, sizeof(rnd));
+    util_random_bytes(rnd, sizeof(rnd));
     unsigned seed = ((unsigned)rnd[8] << 8 | rnd[9]) & UUID_COUNTER_SEED_MASK;
     int64_t now_ms = util_now_ms();
     uint64_t now = now_ms > 0 ? (uint64_t)now_ms & UUID_MS_MASK : 0;

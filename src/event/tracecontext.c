@@ -78,22 +78,6 @@ int trace_parent_valid(const char *s, size_t len)
            trace_parent_parse(s, len, tmp, NULL, 0) == 0;
 }
 
-static void fill_random(void *buf, size_t len)
-{
-    unsigned char *p = buf;
-    while (len > 0) {
-        ssize_t n = getrandom(p, len, 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            fprintf(stderr, "herald: cannot read random bytes: %s\n", strerror(errno));
-            abort();
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-}
-
 static int all_zero(const unsigned char *b, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -115,7 +99,7 @@ void trace_parent_new(char out[TRACE_PARENT_LEN + 1])
 {
     unsigned char r[24]; /* 16 trace id + 8 span id */
     do
-        fill_random(r, sizeof(r));
+        util_random_bytes(r, sizeof(r));
     while (all_zero(r, 16) || all_zero(r + 16, 8));
     memcpy(out, "00-", 3);
     put_hex(out + 3, r, 16);
@@ -128,7 +112,7 @@ void trace_parent_child(const char *parent, char out[TRACE_PARENT_LEN + 1])
 {
     unsigned char r[8];
     do
-        fill_random(r, sizeof(r));
+        util_random_bytes(r, sizeof(r));
     while (all_zero(r, sizeof(r)));
     memcpy(out, parent, TRACE_PARENT_LEN);
     put_hex(out + 36, r, sizeof(r));

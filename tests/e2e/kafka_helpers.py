@@ -28,6 +28,18 @@ KAFKA_MOCK = HERALD_TOOLS / "kafka_mock"
 KCAT_FAST = ["-X", "fetch.wait.max.ms=5"]
 
 
+def kafka_env(mock, extra=None):
+    """The environment that runs herald on mock: HERALD_BUS and the client
+    settings the mock needs (a short fetch wait and session timeout), plus
+    extra."""
+    env = {"HERALD_BUS": f"kafka:{mock.bootstrap}",
+           "HERALD_KAFKA_FETCH_WAIT_MAX_MS": "5",
+           "HERALD_KAFKA_SESSION_TIMEOUT_MS": "6000",
+           "HERALD_LOG_LEVEL": "info"}
+    env.update(extra or {})
+    return env
+
+
 class KafkaMock:
     """A running kafka_mock. Raises AssertionError if it does not print its
     bootstrap line within `timeout` seconds."""

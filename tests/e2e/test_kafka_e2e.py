@@ -26,7 +26,7 @@ import pytest
 
 from api_helpers import Api, wait_listening
 from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env
-from kafka_helpers import KCAT_FAST, KafkaMock
+from kafka_helpers import KCAT_FAST, KafkaMock, kafka_env
 from smtp_server import WAIT_TIMEOUT, SmtpServer, _EphemeralController, _Handler
 from webhook_receiver import Request, WebhookReceiver
 
@@ -161,15 +161,6 @@ class KeyedHook(WebhookReceiver):
 
 
 # ---- the shared system ------------------------------------------------------
-
-
-def kafka_env(mock, extra=None):
-    env = {"HERALD_BUS": f"kafka:{mock.bootstrap}",
-           "HERALD_KAFKA_FETCH_WAIT_MAX_MS": "5",
-           "HERALD_KAFKA_SESSION_TIMEOUT_MS": "6000",
-           "HERALD_LOG_LEVEL": "info"}
-    env.update(extra or {})
-    return env
 
 
 class System:

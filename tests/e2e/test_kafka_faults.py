@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 
 from api_helpers import start_api
 from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env
-from kafka_helpers import KCAT_FAST, KafkaMock
+from kafka_helpers import KCAT_FAST, KafkaMock, kafka_env
 
 TOPICS = [("task-events", 3), ("notification-events", 3), ("email-events", 3),
           ("reminder-events", 3), ("task-events.dlq", 1)]
@@ -39,15 +39,6 @@ FLUSH_LIMIT_S = 10.0
 STOP_TIMEOUT_S = FLUSH_LIMIT_S + 30.0
 
 ASSIGNED = re.compile(r"kafka: (\d+) partition\(s\) assigned")
-
-
-def kafka_env(mock, extra=None):
-    env = {"HERALD_BUS": f"kafka:{mock.bootstrap}",
-           "HERALD_KAFKA_FETCH_WAIT_MAX_MS": "5",
-           "HERALD_KAFKA_SESSION_TIMEOUT_MS": "6000",
-           "HERALD_LOG_LEVEL": "info"}
-    env.update(extra or {})
-    return env
 
 
 def wait_for(what, cond, timeout=CMD_TIMEOUT, interval=0.1):

@@ -15,19 +15,10 @@ import time
 
 from api_helpers import start_api
 from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env
-from kafka_helpers import KCAT_FAST, KafkaMock
+from kafka_helpers import KCAT_FAST, KafkaMock, kafka_env
 
 TOPICS = [("task-events", 3), ("notification-events", 3), ("email-events", 3),
           ("reminder-events", 3), ("task-events.dlq", 1)]
-
-
-def kafka_env(mock, extra=None):
-    env = {"HERALD_BUS": f"kafka:{mock.bootstrap}",
-           "HERALD_KAFKA_FETCH_WAIT_MAX_MS": "5",
-           "HERALD_KAFKA_SESSION_TIMEOUT_MS": "6000",
-           "HERALD_LOG_LEVEL": "info"}
-    env.update(extra or {})
-    return env
 
 
 def kcat_read(mock, topic, expect, timeout=CMD_TIMEOUT):

@@ -35,18 +35,9 @@ import pytest
 
 from api_helpers import start_api, wait_log
 from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env
-from kafka_helpers import KCAT_FAST, KafkaMock
+from kafka_helpers import KCAT_FAST, KafkaMock, kafka_env
 
 UNSUPPORTED = "the cluster does not support it"
-
-
-def kafka_env(mock, extra=None):
-    env = {"HERALD_BUS": f"kafka:{mock.bootstrap}",
-           "HERALD_KAFKA_FETCH_WAIT_MAX_MS": "5",
-           "HERALD_KAFKA_SESSION_TIMEOUT_MS": "6000",
-           "HERALD_LOG_LEVEL": "info"}
-    env.update(extra or {})
-    return env
 
 
 def cluster_topics(mock):
