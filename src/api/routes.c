@@ -725,7 +725,7 @@ static void task_events(task_store *store, const char *id, api_response *resp)
  * (trace.h), read from the log through a read-only connection of its own.
  */
 static void get_trace(task_store *store, const api_request *req, const char *cid,
-                      api_response *resp)
+                      const atomic_int *cancel, api_response *resp)
 {
     json_t *errors = json_array();
     int64_t grace_ms = TRACE_DEFAULT_GRACE_MS;
@@ -753,7 +753,7 @@ static void get_trace(task_store *store, const api_request *req, const char *cid
     trace_tree t;
     char err[512], detail[600];
     trace_tree_init(&t, cid);
-    if (trace_collect(task_store_bus_config(store), &t, err, sizeof(err)) != 0) {
+    if (trace_collect(task_store_bus_config(store), &t, cancel, err, sizeof(err)) != 0) {
         snprintf(detail, sizeof(detail), "cannot read the event log: %s", err);
         api_problem(resp, 500, "storage-failed", "Internal Server Error", detail, NULL);
     } else if (t.count == 0) {
@@ -886,6 +886,20 @@ static void metrics_page(api_response *resp)
     resp->content_type = METRICS_CONTENT_TYPE;
 }
 
+int api_is_trace(const api_request *req)
+{
+    return strncmp(req->path, "/traces/", 8) == 0 && req->path[8];
+}
+
+void api_trace(task_store *store, const api_request *req, const atomic_int *cancel,
+               api_response *resp)
+{
+    if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0)
+        get_trace(store, req, req->path + 8, cancel, resp);
+    else
+        method_not_allowed(resp, req->method, "GET, HEAD");
+}
+
 api_pending *api_handle(task_store *store, const api_request *req, api_response *resp)
 {
     const char *m = req->method;
@@ -916,11 +930,8 @@ api_pending *api_handle(task_store *store, const api_request *req, api_response 
             method_not_allowed(resp, m, "GET, HEAD, POST");
         return NULL;
     }
-    if (strncmp(path, "/traces/", 8) == 0 && path[8]) {
-        if (get)
-            get_trace(store, req, path + 8, resp);
-        else
-            method_not_allowed(resp, m, "GET, HEAD");
+    if (api_is_trace(req)) {
+        api_trace(store, req, NULL, resp);
         return NULL;
     }
     if (strncmp(path, "/tasks/", 7) != 0) {

@@ -9,6 +9,7 @@
 
 #include "store/task_store.h"
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #define API_MAX_BODY (64 * 1024)
@@ -45,6 +46,7 @@ typedef struct api_response {
     char etag[32];            /* "" if none */
     const char *allow;        /* for 405; NULL otherwise */
     const char *content_type; /* a static string when the body is not JSON */
+    int retry_after;          /* seconds for a Retry-After header; 0: none */
 } api_response;
 
 /* A change accepted by validation, waiting for the store. */
@@ -62,6 +64,18 @@ api_pending *api_handle(task_store *store, const api_request *req, api_response 
 store_request *api_pending_request(api_pending *p);
 void api_finish(api_pending *p, api_response *resp);
 void api_cancel(api_pending *p, api_response *resp);
+
+/*
+ * GET /traces/{correlation_id}: reads the whole kept log (embedded) or
+ * every topic (Kafka), so it can take seconds; the server runs it off its
+ * HTTP threads. api_is_trace(): req is one (any method). api_trace():
+ * answer it (api_handle() does too, without cancel); a non-zero *cancel
+ * (NULL: none) stops the read early and the answer is a 500 problem
+ * ("cancelled"); the server cancels only while it stops.
+ */
+int api_is_trace(const api_request *req);
+void api_trace(task_store *store, const api_request *req, const atomic_int *cancel,
+               api_response *resp);
 
 /* api_handle() and, for a change, the store's answer: blocks. */
 void api_handle_sync(task_store *store, const api_request *req, api_response *resp);

@@ -69,7 +69,15 @@ struct api_server {
     /* GET /readyz (api_server_set_readiness); read under lock */
     api_ready_fn ready_fn;
     void *ready_arg;
+    /* GET /traces workers running (under lock; `idle` is signalled when one
+     * ends) and the flag that cancels them while stopping */
+    int trace_workers;
+    atomic_int cancel_traces;
 };
+
+/* GET /traces reads run on threads of their own, at most this many at once
+ * (more get 503 with Retry-After) */
+#define TRACE_WORKERS_MAX 4
 
 typedef struct request_ctx {
     int64_t start_ns;
@@ -91,6 +99,12 @@ typedef struct request_ctx {
      * frees the context. The store's callback always comes first otherwise,
      * so releases >= 1 also means "the store answered". */
     int releases;
+    /* GET /traces: answered by a worker thread (trace_ready set, then the
+     * connection resumed) */
+    int trace_deferred;
+    int trace_ready;
+    api_response trace_resp;
+    api_server *srv;
 } request_ctx;
 
 static void free_ctx(request_ctx *ctx)
@@ -100,6 +114,7 @@ static void free_ctx(request_ctx *ctx)
         api_finish(ctx->pending, &ignored);
         free(ignored.body);
     }
+    free(ctx->trace_resp.body);
     free(ctx->body);
     free(ctx);
 }
@@ -254,6 +269,11 @@ static enum MHD_Result send_response(struct MHD_Connection *conn, request_ctx *c
         MHD_add_response_header(r, "traceresponse", ctx->traceparent);
     if (resp->location[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_LOCATION, resp->location);
+    if (resp->retry_after > 0) {
+        char seconds[16];
+        snprintf(seconds, sizeof(seconds), "%d", resp->retry_after);
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, seconds);
+    }
     if (resp->etag[0])
         MHD_add_response_header(r, MHD_HTTP_HEADER_ETAG, resp->etag);
     if (resp->allow)
@@ -294,6 +314,65 @@ static void on_store_done(store_request *sr, void *arg)
     MHD_resume_connection(conn);
 }
 
+/* A GET /traces worker: the read can take seconds (the whole kept log, or
+ * every Kafka topic), so it runs here while the connection is suspended and
+ * the HTTP threads go on. api_server_stop() cancels and waits for it before
+ * the daemon goes (a suspended connection must be resumed first). */
+static void *trace_worker(void *arg)
+{
+    request_ctx *ctx = arg;
+    api_server *srv = ctx->srv;
+    struct MHD_Connection *conn = ctx->conn;
+    api_trace(srv->store, &ctx->req, &srv->cancel_traces, &ctx->trace_resp);
+    __atomic_store_n(&ctx->trace_ready, 1, __ATOMIC_RELEASE);
+    MHD_resume_connection(conn);
+    pthread_mutex_lock(&srv->lock);
+    srv->trace_workers--;
+    pthread_cond_broadcast(&srv->idle);
+    pthread_mutex_unlock(&srv->lock);
+    return NULL;
+}
+
+/* Start a trace worker for this request; 0, or -1 (too many running, or no
+ * thread): resp holds the answer then. */
+static int defer_trace(api_server *srv, struct MHD_Connection *conn, request_ctx *ctx,
+                       api_response *resp)
+{
+    pthread_mutex_lock(&srv->lock);
+    int busy = srv->trace_workers >= TRACE_WORKERS_MAX || atomic_load(&srv->cancel_traces);
+    if (!busy)
+        srv->trace_workers++;
+    pthread_mutex_unlock(&srv->lock);
+    if (busy) {
+        char detail[128];
+        snprintf(detail, sizeof(detail), "%d traces are being read already; try again in a second",
+                 TRACE_WORKERS_MAX);
+        api_problem(resp, 503, "busy", "Service Unavailable", detail, NULL);
+        resp->retry_after = 1;
+        return -1;
+    }
+    ctx->srv = srv;
+    ctx->conn = conn;
+    ctx->trace_deferred = 1;
+    MHD_suspend_connection(conn);
+    pthread_attr_t attr;
+    pthread_t thread;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&thread, &attr, trace_worker, ctx);
+    pthread_attr_destroy(&attr);
+    if (rc == 0)
+        return 0;
+    MHD_resume_connection(conn);
+    ctx->trace_deferred = 0;
+    pthread_mutex_lock(&srv->lock);
+    srv->trace_workers--;
+    pthread_mutex_unlock(&srv->lock);
+    api_problem(resp, 503, "busy", "Service Unavailable", "cannot start a thread for the trace",
+                NULL);
+    return -1;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **req_cls)
@@ -322,6 +401,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return send_response(conn, ctx, method, url, &resp);
         }
         return MHD_YES;
+    }
+    if (ctx->trace_deferred) {
+        /* resumed: the trace worker answered */
+        if (!__atomic_load_n(&ctx->trace_ready, __ATOMIC_ACQUIRE))
+            return MHD_YES;
+        ctx->trace_deferred = 0;
+        api_response resp = ctx->trace_resp;
+        memset(&ctx->trace_resp, 0, sizeof(ctx->trace_resp));
+        return send_response(conn, ctx, method, url, &resp);
     }
     if (ctx->pending) {
         /* resumed: the store answered */
@@ -389,6 +477,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         void *arg = srv->ready_arg;
         pthread_mutex_unlock(&srv->lock);
         api_readyz(req, fn, arg, &resp);
+        return send_response(conn, ctx, method, url, &resp);
+    }
+    if (api_is_trace(req) && (strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0)) {
+        if (defer_trace(srv, conn, ctx, &resp) == 0)
+            return MHD_YES;
         return send_response(conn, ctx, method, url, &resp);
     }
     api_pending *pending = api_handle(srv->store, req, &resp);
@@ -497,6 +590,7 @@ void api_server_stop(api_server *srv, int timeout_ms)
     MHD_socket fd = MHD_quiesce_daemon(srv->daemon);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
+    atomic_store(&srv->cancel_traces, 1);
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += timeout_ms / 1000;
@@ -513,6 +607,12 @@ void api_server_stop(api_server *srv, int timeout_ms)
     pthread_mutex_unlock(&srv->lock);
     if (left > 0)
         LOG_WARN("stopping with %ld requests still in flight after %d ms", left, timeout_ms);
+    /* a trace worker resumes its connection: wait for it (cancelled, it
+     * ends within a poll) before the daemon goes */
+    pthread_mutex_lock(&srv->lock);
+    while (srv->trace_workers > 0)
+        pthread_cond_wait(&srv->idle, &srv->lock);
+    pthread_mutex_unlock(&srv->lock);
     MHD_stop_daemon(srv->daemon);
     pthread_mutex_destroy(&srv->lock);
     pthread_cond_destroy(&srv->idle);

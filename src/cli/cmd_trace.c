@@ -82,7 +82,7 @@ int cmd_trace(int argc, char **argv, herald_config *cfg)
     }
     trace_tree_init(&t, cid);
     have_tree = 1;
-    if (trace_collect(&bus, &t, err, sizeof(err)) != 0) {
+    if (trace_collect(&bus, &t, NULL, err, sizeof(err)) != 0) {
         fprintf(stderr, "herald trace: %s\n", err);
         goto out;
     }

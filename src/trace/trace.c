@@ -501,7 +501,14 @@ static void consider(trace_tree *t, const char *topic, const char *value, size_t
     trace_tree_add(t, &ev, is_dlq(topic));
 }
 
-static int collect_sqlite(const bus_config *cfg, trace_tree *t, char *err, size_t errlen)
+/* sqlite3_progress_handler(): a non-zero answer interrupts the statement. */
+static int sqlite_cancelled(void *cancel)
+{
+    return atomic_load((const atomic_int *)cancel) != 0;
+}
+
+static int collect_sqlite(const bus_config *cfg, trace_tree *t, const atomic_int *cancel, char *err,
+                          size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, BUS_LOG_FILE);
@@ -515,6 +522,8 @@ static int collect_sqlite(const bus_config *cfg, trace_tree *t, char *err, size_
         goto out;
     }
     sqlite3_busy_timeout(db, 5000);
+    if (cancel)
+        sqlite3_progress_handler(db, 10000, sqlite_cancelled, (void *)cancel);
     if (regcomp(&re, TRACE_TOPIC_PATTERN, REG_EXTENDED | REG_NOSUB) != 0) {
         util_error(err, errlen, "cannot compile the topic pattern");
         goto out;
@@ -579,7 +588,8 @@ out:
     return rc;
 }
 
-static int collect_bus(const bus_config *cfg, trace_tree *t, char *err, size_t errlen)
+static int collect_bus(const bus_config *cfg, trace_tree *t, const atomic_int *cancel, char *err,
+                       size_t errlen)
 {
     bus_subscription sub = BUS_SUBSCRIPTION_INIT;
     sub.pattern = TRACE_TOPIC_PATTERN;
@@ -597,6 +607,10 @@ static int collect_bus(const bus_config *cfg, trace_tree *t, char *err, size_t e
         for (size_t i = 0; i < n; i++)
             consider(t, msgs[i].topic, msgs[i].value, msgs[i].value_len, msgs[i].headers,
                      msgs[i].headers_len);
+        if (cancel && atomic_load(cancel)) {
+            util_error(err, errlen, "cancelled");
+            break;
+        }
         if (n > 0)
             continue;
         int end = bus_consumer_caught_up(c, KAFKA_WATERMARK_TIMEOUT_MS, err, errlen);
@@ -616,9 +630,10 @@ static int collect_bus(const bus_config *cfg, trace_tree *t, char *err, size_t e
     return rc;
 }
 
-int trace_collect(const bus_config *cfg, trace_tree *t, char *err, size_t errlen)
+int trace_collect(const bus_config *cfg, trace_tree *t, const atomic_int *cancel, char *err,
+                  size_t errlen)
 {
     if (cfg->kind == BUS_SQLITE)
-        return collect_sqlite(cfg, t, err, errlen);
-    return collect_bus(cfg, t, err, errlen);
+        return collect_sqlite(cfg, t, cancel, err, errlen);
+    return collect_bus(cfg, t, cancel, err, errlen);
 }

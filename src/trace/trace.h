@@ -31,6 +31,7 @@
 #include "event/event.h"
 
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -112,13 +113,14 @@ void trace_tree_print(const trace_tree *t, FILE *out);
  * Read every event with t's correlation id from the bus into t: the
  * embedded log through a read-only connection (one snapshot of every topic
  * matching TRACE_TOPIC_PATTERN; never blocks a writer), or Kafka through a
- * throw-away consumer (no group commits) from the earliest offsets until
- * no record has come for 2 s (bus.h offers no end offsets; this takes a few
- * seconds, most of it the group join).
- * Records that are not envelopes are skipped. Returns 0 (t may be empty),
- * or -1 with err filled.
+ * throw-away consumer (no group commits) from the earliest offsets up to the
+ * end offsets (a few seconds, most of it the group join; at most 60 s).
+ * Records that are not envelopes are skipped. cancel (NULL: none) is
+ * watched while reading: once it is non-zero the read stops soon and fails
+ * ("cancelled"). Returns 0 (t may be empty), or -1 with err filled.
  */
-int trace_collect(const bus_config *cfg, trace_tree *t, char *err, size_t errlen);
+int trace_collect(const bus_config *cfg, trace_tree *t, const atomic_int *cancel, char *err,
+                  size_t errlen);
 
 /* A correlation id as the Task API accepts it: 1..128 printable ASCII. */
 int trace_correlation_id_valid(const char *cid);

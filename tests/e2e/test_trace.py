@@ -297,3 +297,26 @@ def test_trace_in_kafka_mode(procs, data_dir, herald):
     assert VALID_TP.match(root["traceparent"]).group(1) == TRACE_ID
     g = api.get("/traces/req-kafka")
     assert g.status == 200 and g.json["roots"][0]["event_id"] == root["event_id"]
+    # GET /traces runs off the HTTP threads: while five slow Kafka reads (a
+    # group join each) are in progress, creates are answered at once, and
+    # the reads beyond the fourth get 503 with Retry-After
+    import threading
+    results = []
+
+    def get_trace():
+        results.append(api.get("/traces/req-kafka"))
+    threads = [threading.Thread(target=get_trace) for _ in range(5)]
+    for t in threads:
+        t.start()
+    created = api.create(headers={"X-Correlation-ID": "req-during-traces"})
+    assert created.status == 201
+    in_progress = len(results)
+    for t in threads:
+        t.join(CMD_TIMEOUT)
+    assert in_progress <= 1, "the create waited for the traces"  # only a 503 is that fast
+    statuses = sorted(r.status for r in results)
+    assert statuses.count(200) >= 4 and set(statuses) <= {200, 503}, statuses
+    for r in results:
+        if r.status == 503:
+            assert r.header("Retry-After") == "1"
+            assert_problem(r, 503)

@@ -641,7 +641,7 @@ static void check_derived(fixture *f, const char *cid, const char *input_tp, int
     trace_tree t;
     char err[256];
     trace_tree_init(&t, cid);
-    assert_int_equal(trace_collect(&f->cfg, &t, err, sizeof(err)), 0);
+    assert_int_equal(trace_collect(&f->cfg, &t, NULL, err, sizeof(err)), 0);
     trace_tree_build(&t, util_now_ms(), 30000);
     assert_int_equal(t.count, 1 + 2 * (size_t)derived_each);
     assert_int_equal(t.root_count, 1);
@@ -709,7 +709,7 @@ static void test_collect_reads_every_topic_and_dlq(void **state)
 
     trace_tree t;
     trace_tree_init(&t, "req-c");
-    assert_int_equal(trace_collect(&f->cfg, &t, err, sizeof(err)), 0);
+    assert_int_equal(trace_collect(&f->cfg, &t, NULL, err, sizeof(err)), 0);
     trace_tree_build(&t, util_now_ms(), 30000);
     assert_int_equal(t.count, 3); /* task.created, notification.sent, the dlq's task.created */
     assert_int_equal(t.root_count, 2);
@@ -722,7 +722,7 @@ static void test_collect_reads_every_topic_and_dlq(void **state)
     trace_tree_release(&t);
 
     trace_tree_init(&t, "req-none");
-    assert_int_equal(trace_collect(&f->cfg, &t, err, sizeof(err)), 0);
+    assert_int_equal(trace_collect(&f->cfg, &t, NULL, err, sizeof(err)), 0);
     assert_int_equal(t.count, 0);
     trace_tree_release(&t);
 
@@ -730,7 +730,7 @@ static void test_collect_reads_every_topic_and_dlq(void **state)
     bus_config missing = f->cfg;
     missing.data_dir = "/nonexistent/herald";
     trace_tree_init(&t, "req-c");
-    assert_int_equal(trace_collect(&missing, &t, err, sizeof(err)), -1);
+    assert_int_equal(trace_collect(&missing, &t, NULL, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "/nonexistent/herald/bus.db"));
     trace_tree_release(&t);
 }
