@@ -88,6 +88,7 @@ static const char *sched_schema =
     "  correlation_id TEXT NOT NULL,"     /* of the task event that scheduled it */
     "  scheduled_event_id TEXT NOT NULL," /* its reminder.scheduled event */
     "  updated_ms INTEGER NOT NULL,"
+    "  traceparent TEXT, tracestate TEXT," /* reminder.scheduled's trace context */
     "  PRIMARY KEY(task_id, due_ms)) WITHOUT ROWID;"
     "CREATE UNIQUE INDEX IF NOT EXISTS scheduler_reminders_pending_task"
     "  ON scheduler_reminders(task_id) WHERE state = 0;"
@@ -277,13 +278,15 @@ static const char *const sched_sql[SCHED_Q_COUNT] = {
     /* a row of this id may exist, fired or cancelled, when a task.updated
      * brings back an earlier due time: it is armed again */
     [Q_UPSERT] = "INSERT INTO scheduler_reminders(reminder_id, task_id, owner_id, title, due_ms,"
-                 " remind_ms, state, correlation_id, scheduled_event_id, updated_ms)"
-                 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9)"
+                 " remind_ms, state, correlation_id, scheduled_event_id, updated_ms, traceparent,"
+                 " tracestate)"
+                 " VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11)"
                  " ON CONFLICT(task_id, due_ms) DO UPDATE SET owner_id = excluded.owner_id,"
                  " title = excluded.title, remind_ms = excluded.remind_ms, state = 0,"
                  " correlation_id = excluded.correlation_id,"
                  " scheduled_event_id = excluded.scheduled_event_id,"
-                 " updated_ms = excluded.updated_ms",
+                 " updated_ms = excluded.updated_ms, traceparent = excluded.traceparent,"
+                 " tracestate = excluded.tracestate",
     [Q_CANCEL] = "UPDATE scheduler_reminders SET state = 2, updated_ms = ?2"
                  " WHERE task_id = ?1 AND state = 0",
     [Q_CLOSE_TASK] = "INSERT OR IGNORE INTO scheduler_closed_tasks(task_id, reason, closed_ms)"
@@ -292,7 +295,7 @@ static const char *const sched_sql[SCHED_Q_COUNT] = {
                   " WHERE task_id = ?1 AND state = 0",
     [Q_NEXT] = "SELECT min(remind_ms) FROM scheduler_reminders WHERE state = 0",
     [Q_DUE] = "SELECT reminder_id, task_id, owner_id, title, due_ms, remind_ms, correlation_id,"
-              " scheduled_event_id FROM scheduler_reminders"
+              " scheduled_event_id, traceparent, tracestate FROM scheduler_reminders"
               " WHERE state = 0 AND remind_ms <= ?1 ORDER BY remind_ms, task_id LIMIT ?2",
     [Q_FIRED] = "UPDATE scheduler_reminders SET state = 1, updated_ms = ?3"
                 " WHERE task_id = ?1 AND due_ms = ?2 AND state = 0",
@@ -473,6 +476,17 @@ static int schedule(scheduler_state *s, agent_ctx *ctx, sqlite3 *db, const event
     bind_text(st, 7, ev->correlation_id);
     bind_text(st, 8, scheduled_id);
     sqlite3_bind_int64(st, 9, util_now_ms());
+    /* reminder.due will be a child span of reminder.scheduled */
+    char traceparent[TRACE_PARENT_LEN + 1];
+    int traced = agent_emitted_traceparent(ctx, scheduled_id, traceparent);
+    if (traced)
+        bind_text(st, 10, traceparent);
+    else
+        sqlite3_bind_null(st, 10); /* bindings outlive a reset */
+    if (traced && ev->tracestate)
+        bind_text(st, 11, ev->tracestate);
+    else
+        sqlite3_bind_null(st, 11);
     if (step_done(db, st, "store a reminder", err, errlen) != 0)
         return -1;
 
@@ -560,6 +574,24 @@ static int sched_setup(void *state, sqlite3 *db, char *err, size_t errlen)
         sqlite3_free(msg);
         return -1;
     }
+    /* tables of an earlier herald have no trace columns yet */
+    sqlite3_stmt *st = NULL;
+    int has_trace = 0;
+    if (sqlite3_prepare_v2(db,
+                           "SELECT 1 FROM pragma_table_info('scheduler_reminders')"
+                           " WHERE name = 'traceparent'",
+                           -1, &st, NULL) == SQLITE_OK)
+        has_trace = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    if (!has_trace && sqlite3_exec(db,
+                                   "ALTER TABLE scheduler_reminders ADD COLUMN traceparent TEXT;"
+                                   "ALTER TABLE scheduler_reminders ADD COLUMN tracestate TEXT;",
+                                   NULL, NULL, &msg) != SQLITE_OK) {
+        util_error(err, errlen, "scheduler: cannot add the trace columns: %s",
+                   msg ? msg : sqlite3_errmsg(db));
+        sqlite3_free(msg);
+        return -1;
+    }
     return 0;
 }
 
@@ -586,6 +618,7 @@ static int64_t sched_next_timer(void *state, sqlite3 *db)
 
 typedef struct due_row {
     char *reminder_id, *task_id, *owner_id, *title, *correlation_id, *scheduled_event_id;
+    char *traceparent, *tracestate; /* NULL: none */
     int64_t due_ms, remind_ms;
 } due_row;
 
@@ -603,6 +636,8 @@ static void due_row_release(due_row *r)
     free(r->title);
     free(r->correlation_id);
     free(r->scheduled_event_id);
+    free(r->traceparent);
+    free(r->tracestate);
 }
 
 /* Up to SCHED_FIRE_CHUNK pending rows due by now_ms into rows; their count,
@@ -626,6 +661,8 @@ static int load_due(scheduler_state *s, sqlite3 *db, int64_t now_ms, due_row *ro
         r->remind_ms = sqlite3_column_int64(st, 5);
         r->correlation_id = column_dup(st, 6);
         r->scheduled_event_id = column_dup(st, 7);
+        r->traceparent = column_dup(st, 8);
+        r->tracestate = column_dup(st, 9);
     }
     if (rc != SQLITE_DONE) {
         db_error(db, "read the due reminders", err, errlen);
@@ -646,9 +683,11 @@ static int fire_one(scheduler_state *s, agent_ctx *ctx, sqlite3 *db, const due_r
     char e[256], t[SCHED_LOG_TEXT + 4], id[SCHED_LOG_TEXT + 4];
     json_t *data =
         reminder_data(r->reminder_id, r->task_id, r->owner_id, r->title, r->due_ms, r->remind_ms);
-    int rc = data ? agent_emit_with(ctx, "reminder.due", data, NULL, r->correlation_id,
-                                    r->scheduled_event_id, NULL, e, sizeof(e))
-                  : util_error(e, sizeof(e), "its text is not UTF-8");
+    int rc = data
+                 ? agent_emit_with(ctx, "reminder.due", data, NULL, r->correlation_id,
+                                   r->scheduled_event_id, r->traceparent[0] ? r->traceparent : NULL,
+                                   r->tracestate[0] ? r->tracestate : NULL, NULL, e, sizeof(e))
+                 : util_error(e, sizeof(e), "its text is not UTF-8");
     json_decref(data);
     if (rc != 0)
         LOG_ERROR("scheduler: reminder %s of task %s dropped: %s", r->reminder_id,

@@ -396,9 +396,34 @@ static void derive_trace(const agent_ctx *ctx, const pending_record *cause, even
     event_set_trace(ev, child, ctx->ev->tracestate);
 }
 
+/* The emitted record of this input whose event id is event_id, or NULL. */
+static const pending_record *emitted_record(const agent_ctx *ctx, const char *event_id)
+{
+    for (size_t i = ctx->emit_mark; i < ctx->rt->emits.count; i++) {
+        const char *v = ctx->rt->emits.items[i].value;
+        if (strncmp(v, "{\"event_id\":\"", 13) == 0 &&
+            strncmp(v + 13, event_id, EVENT_UUID_LEN) == 0)
+            return &ctx->rt->emits.items[i];
+    }
+    return NULL;
+}
+
+int agent_emitted_traceparent(const agent_ctx *ctx, const char *event_id, char *traceparent)
+{
+    const pending_record *r = event_id ? emitted_record(ctx, event_id) : NULL;
+    for (size_t i = 0; r && i < r->header_count; i++)
+        if (strcmp(r->headers[i].name, BUS_HEADER_TRACEPARENT) == 0 &&
+            strlen(r->headers[i].value) == TRACE_PARENT_LEN) {
+            memcpy(traceparent, r->headers[i].value, TRACE_PARENT_LEN + 1);
+            return 1;
+        }
+    return 0;
+}
+
 static int emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
                 const char *correlation_id, const char *causation_id, const pending_record *cause,
-                char *out_id, char *err, size_t errlen)
+                const char *parent_traceparent, const char *parent_tracestate, char *out_id,
+                char *err, size_t errlen)
 {
     agent_runtime *rt = ctx->rt;
     if (!json_is_object(data))
@@ -411,8 +436,14 @@ static int emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
     event ev = EVENT_INIT;
     if (event_build(&ev, type, data, correlation_id, causation_id, rt->def.name, err, errlen) != 0)
         return -1;
-    if (ctx->ev)
+    if (ctx->ev) {
         derive_trace(ctx, cause, &ev);
+    } else if (parent_traceparent &&
+               trace_parent_valid(parent_traceparent, strlen(parent_traceparent))) {
+        char child[TRACE_PARENT_LEN + 1];
+        trace_parent_child(parent_traceparent, child);
+        event_set_trace(&ev, child, parent_tracestate);
+    }
     if (!key) {
         json_t *task_id = json_object_get(data, "task_id");
         if (json_is_string(task_id))
@@ -446,27 +477,24 @@ int agent_emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
     const pending_record *cause = NULL;
     if (caused_by) {
         /* must be an event emitted earlier for this input */
-        for (size_t i = ctx->emit_mark; i < ctx->rt->emits.count && !cause; i++) {
-            const char *v = ctx->rt->emits.items[i].value;
-            if (strncmp(v, "{\"event_id\":\"", 13) == 0 &&
-                strncmp(v + 13, caused_by, EVENT_UUID_LEN) == 0)
-                cause = &ctx->rt->emits.items[i];
-        }
+        cause = emitted_record(ctx, caused_by);
         if (!cause)
             return util_error(err, errlen, "caused_by '%s' is not an event emitted for this input",
                               caused_by);
     }
     return emit(ctx, type, data, key, ctx->ev->correlation_id,
-                caused_by ? caused_by : ctx->ev->event_id, cause, out_id, err, errlen);
+                caused_by ? caused_by : ctx->ev->event_id, cause, NULL, NULL, out_id, err, errlen);
 }
 
 int agent_emit_with(agent_ctx *ctx, const char *type, json_t *data, const char *key,
                     const char *correlation_id, const char *causation_id,
+                    const char *parent_traceparent, const char *parent_tracestate,
                     char out_id[EVENT_UUID_LEN + 1], char *err, size_t errlen)
 {
     if (!correlation_id || !causation_id)
         return util_error(err, errlen, "agent_emit_with() needs a correlation and a causation id");
-    return emit(ctx, type, data, key, correlation_id, causation_id, NULL, out_id, err, errlen);
+    return emit(ctx, type, data, key, correlation_id, causation_id, NULL, parent_traceparent,
+                parent_tracestate, out_id, err, errlen);
 }
 
 void agent_retry_after(agent_ctx *ctx, int64_t delay_ms)

@@ -84,13 +84,25 @@ int agent_emit(agent_ctx *ctx, const char *type, json_t *data, const char *key,
                const char *caused_by, char out_id[EVENT_UUID_LEN + 1], char *err, size_t errlen);
 
 /*
- * Emit an event with explicit correlation and causation ids, for timers
- * (there is no input event, so no trace context; called from a handler,
- * the event is a child span of the input's). Otherwise as agent_emit().
+ * Emit an event with explicit correlation and causation ids, for timers.
+ * Called from a handler, the event is a child span of the input's; from a
+ * timer (no input event), of parent_traceparent (with parent_tracestate)
+ * when that is a valid traceparent, else it has no trace context. Otherwise
+ * as agent_emit().
  */
 int agent_emit_with(agent_ctx *ctx, const char *type, json_t *data, const char *key,
                     const char *correlation_id, const char *causation_id,
+                    const char *parent_traceparent, const char *parent_tracestate,
                     char out_id[EVENT_UUID_LEN + 1], char *err, size_t errlen);
+
+/*
+ * The trace context of an event emitted earlier for this input (event_id as
+ * agent_emit()'s out_id gave it), for a timer that will emit its follow-up
+ * later: copies its traceparent into traceparent (TRACE_PARENT_LEN + 1
+ * bytes) and returns 1, or returns 0 when that event has none (or is not
+ * one emitted for this input).
+ */
+int agent_emitted_traceparent(const agent_ctx *ctx, const char *event_id, char *traceparent);
 
 /* Ask for this delay before the next attempt (e.g. HTTP Retry-After) instead
  * of the computed backoff. Only meaningful with AGENT_RETRY. */

@@ -36,6 +36,7 @@ typedef struct test_agent {
     int destroyed;
     int64_t timer_at; /* -1: none */
     int timer_fired;
+    const char *timer_parent; /* traceparent the timer's event descends from */
 } test_agent;
 
 typedef struct fixture {
@@ -131,8 +132,8 @@ static int test_fire(void *state, agent_ctx *ctx, int64_t now, char *err, size_t
 {
     test_agent *a = state;
     json_t *d = json_pack("{s:s}", "task_id", "timer");
-    int rc =
-        agent_emit_with(ctx, "test.fired", d, NULL, "corr-timer", "cause-timer", NULL, err, errlen);
+    int rc = agent_emit_with(ctx, "test.fired", d, NULL, "corr-timer", "cause-timer",
+                             a->timer_parent, NULL, NULL, err, errlen);
     json_decref(d);
     a->timer_at = -1;
     a->timer_fired++;
@@ -533,6 +534,7 @@ static void test_due_timer_fires_in_a_transaction(void **state)
     agent_def d = make_def(f);
     agent_runtime *rt = open_rt(f, &d, 3);
     f->agent.timer_at = util_now_ms() + 50;
+    f->agent.timer_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     step(rt); /* the poll waits for the timer instead of the idle timeout */
     char err[256] = "";
     for (int i = 0; i < 100 && !f->agent.timer_fired; i++)
@@ -545,6 +547,10 @@ static void test_due_timer_fires_in_a_transaction(void **state)
     assert_string_equal(ev.event_type, "test.fired");
     assert_string_equal(ev.correlation_id, "corr-timer");
     assert_string_equal(ev.causation_id, "cause-timer");
+    /* a child span of the parent the timer named: same trace, own span */
+    assert_int_equal(strlen(ev.traceparent), TRACE_PARENT_LEN);
+    assert_memory_equal(ev.traceparent, f->agent.timer_parent, 36);
+    assert_memory_not_equal(ev.traceparent + 36, f->agent.timer_parent + 36, 16);
     event_release(&ev);
     agent_runtime_close(rt);
 }

@@ -415,6 +415,9 @@ static int rt_teardown(void **state)
     return 0;
 }
 
+/* The traceparent pub() gives its events (NULL: none). */
+static const char *pub_traceparent;
+
 /* Publish a task event from the Task API on task-events; its id and
  * correlation id into the out parameters (may be NULL). */
 static void pub(rt_fixture *f, const char *type, const char *data_json, const char *cid,
@@ -427,6 +430,8 @@ static void pub(rt_fixture *f, const char *type, const char *data_json, const ch
     event ev = EVENT_INIT;
     char err[256];
     assert_int_equal(event_build(&ev, type, data, cid, NULL, "task-api", err, sizeof(err)), 0);
+    if (pub_traceparent)
+        event_set_trace(&ev, pub_traceparent, NULL);
     size_t len;
     char *value = event_encode(&ev, &len);
     bus_record r = BUS_RECORD_INIT;
@@ -570,6 +575,60 @@ static void test_rt_past_due_fires_at_once(void **state)
     /* fired once: more steps publish nothing */
     drain(f);
     assert_int_equal(read_reminders(f), 2);
+}
+
+/* A traced task.created: reminder.scheduled is a child span of it, and
+ * reminder.due, fired by the timer, a child span of reminder.scheduled. */
+static void test_rt_due_is_child_span_of_scheduled(void **state)
+{
+    rt_fixture *f = *state;
+    pub_traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    pub(f, "task.created", TASK("t-tr", "2020-05-01T10:00:00Z"), "req-tr", NULL);
+    pub_traceparent = NULL;
+    drain(f);
+    assert_int_equal(read_reminders(f), 2);
+    event *s = &f->out[0], *d = &f->out[1];
+    assert_string_equal(d->event_type, "reminder.due");
+    assert_int_equal(strlen(s->traceparent), TRACE_PARENT_LEN);
+    assert_int_equal(strlen(d->traceparent), TRACE_PARENT_LEN);
+    assert_memory_equal(s->traceparent, "00-4bf92f3577b34da6a3ce929d0e0e4736-", 36);
+    assert_memory_equal(d->traceparent, "00-4bf92f3577b34da6a3ce929d0e0e4736-", 36);
+    assert_memory_not_equal(d->traceparent + 36, s->traceparent + 36, 16);
+}
+
+/* A data directory of a herald from before trace context: the reminders
+ * table gains its trace columns at start, and a pending reminder of it
+ * still fires (without a trace). */
+static void test_rt_old_reminders_table_is_migrated(void **state)
+{
+    rt_fixture *f = *state;
+    agent_runtime_close(f->rt);
+    f->rt = NULL;
+    char path[300];
+    snprintf(path, sizeof(path), "%s/bus.db", f->dir);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(db,
+                     "DROP TABLE scheduler_reminders;"
+                     "CREATE TABLE scheduler_reminders(task_id TEXT NOT NULL,"
+                     " due_ms INTEGER NOT NULL, reminder_id TEXT NOT NULL,"
+                     " owner_id TEXT NOT NULL, title TEXT NOT NULL, remind_ms INTEGER NOT NULL,"
+                     " state INTEGER NOT NULL, correlation_id TEXT NOT NULL,"
+                     " scheduled_event_id TEXT NOT NULL, updated_ms INTEGER NOT NULL,"
+                     " PRIMARY KEY(task_id, due_ms)) WITHOUT ROWID;"
+                     "INSERT INTO scheduler_reminders VALUES('t-old', 1588327200000, 'r-old',"
+                     " 'u-1', 'Old', 1588327200000, 0, 'req-old',"
+                     " '01936f0e-6a3c-7c41-9d2e-5b8f0c1a2b3c', 1);",
+                     NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+    rt_open(f, 0);
+    drain(f);
+    assert_int_equal(read_reminders(f), 1);
+    assert_string_equal(f->out[0].event_type, "reminder.due");
+    assert_string_equal(f->out[0].correlation_id, "req-old");
+    assert_string_equal(f->out[0].traceparent, "");
 }
 
 /* The same task.created published twice (two event ids, so the runtime's
@@ -790,6 +849,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_other_types_ignored, setup_fixture, teardown_fixture),
         cmocka_unit_test(test_factory),
         cmocka_unit_test_setup_teardown(test_rt_past_due_fires_at_once, rt_setup, rt_teardown),
+        cmocka_unit_test_setup_teardown(test_rt_due_is_child_span_of_scheduled, rt_setup,
+                                        rt_teardown),
+        cmocka_unit_test_setup_teardown(test_rt_old_reminders_table_is_migrated, rt_setup,
+                                        rt_teardown),
         cmocka_unit_test_setup_teardown(test_rt_duplicate_created_schedules_once, rt_setup,
                                         rt_teardown),
         cmocka_unit_test_setup_teardown(test_rt_completed_and_deleted_cancel, rt_setup,
