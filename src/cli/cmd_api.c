@@ -40,6 +40,8 @@ static const char *api_usage =
     "  GET    /readyz                readiness: store and bus reachable, agents running\n"
     "                                and not stalled (--stall-after); 503 names what fails\n"
     "  GET    /metrics               Prometheus metrics (text format 0.0.4)\n"
+    "  GET    /traces/{cid}          the causal tree of one correlation id (as herald trace\n"
+    "                                --json); ?grace=30s for missing follow-ups\n"
     "Every change is stored together with its event (task.created, task.updated,\n"
     "task.completed, task.deleted on topic task-events) in one transaction.\n"
     "Stop with SIGINT or SIGTERM: requests in flight finish first.\n"

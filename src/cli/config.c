@@ -316,8 +316,8 @@ static int load_kafka_env(herald_config *cfg, char *err, size_t errlen)
 static const setting settings[] = {
     {"data-dir", "HERALD_DATA_DIR", "./herald-data",
      "directory of the event log (bus.db) and all state", set_data_dir},
-    {"bus", "HERALD_BUS", "sqlite", "event bus: 'sqlite' (embedded, in the data directory)",
-     set_bus},
+    {"bus", "HERALD_BUS", "sqlite",
+     "event bus: 'sqlite' (embedded, in the data directory) or 'kafka:HOST:PORT[,...]'", set_bus},
     {"retention", "HERALD_RETENTION", "7d",
      "delete events older than this (90s, 12h, 7d; 0 keeps all)", set_retention},
     {"sync", "HERALD_SYNC", "full",
