@@ -375,6 +375,11 @@ void bus_producer_give_up_at(bus_producer *p, int64_t deadline_ns)
         bus_kafka_producer_give_up_at(p->kafka, deadline_ns);
 }
 
+int bus_producer_fatal(bus_producer *p, char *err, size_t errlen)
+{
+    return p && p->kind == BUS_KAFKA && bus_kafka_producer_fatal(p->kafka, err, errlen);
+}
+
 void bus_producer_close(bus_producer *p)
 {
     if (!p)
@@ -448,6 +453,11 @@ void bus_consumer_wakeup(bus_consumer *c)
         bus_kafka_consumer_wakeup(c->kafka);
     else
         bus_consumer_sqlite_wakeup(c->sqlite);
+}
+
+int bus_consumer_fatal(bus_consumer *c, char *err, size_t errlen)
+{
+    return c && c->kind == BUS_KAFKA && bus_kafka_consumer_fatal(c->kafka, err, errlen);
 }
 
 void bus_consumer_close(bus_consumer *c)

@@ -208,6 +208,17 @@ int bus_produce(bus_producer *p, const bus_record *records, size_t n, int64_t *o
  */
 void bus_producer_give_up_at(bus_producer *p, int64_t deadline_ns);
 
+/*
+ * 1 when the producer hit a fatal error: it can never publish again, and
+ * every later bus_produce() fails. Kafka: librdkafka raised a fatal error
+ * (e.g. the idempotent producer was refused a producer id, or was fenced);
+ * the caller keeps its records and stops, so that a new process (a new
+ * client) publishes them. Transient errors (brokers down, timeouts) are not
+ * fatal. err (may be NULL) then receives the error, naming the client. 0
+ * otherwise, and always for the embedded backend. Thread-safe.
+ */
+int bus_producer_fatal(bus_producer *p, char *err, size_t errlen);
+
 /* Close the producer; NULL is a no-op. */
 void bus_producer_close(bus_producer *p);
 
@@ -281,6 +292,17 @@ int bus_consumer_caught_up(bus_consumer *c, int timeout_ms, char *err, size_t er
  * records. Async-signal-safe and thread-safe.
  */
 void bus_consumer_wakeup(bus_consumer *c);
+
+/*
+ * 1 when the consumer hit a fatal error: it can never read or commit again,
+ * and every later poll fails. Kafka: librdkafka raised a fatal error (e.g.
+ * a static group member, group.instance.id, fenced by another with the
+ * same id); the caller stops without committing more, and what it had not
+ * committed is read again by the group. err (may be NULL) then receives the
+ * error, naming the client. 0 otherwise, and always for the embedded
+ * backend. Thread-safe.
+ */
+int bus_consumer_fatal(bus_consumer *c, char *err, size_t errlen);
 
 /* Close the consumer (without committing); NULL is a no-op. */
 void bus_consumer_close(bus_consumer *c);

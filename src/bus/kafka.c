@@ -32,6 +32,13 @@
  * in bus.h's compact header encoding) so librdkafka's messages are released
  * at once; pointers are fixed up after the arena stops growing.
  *
+ * Errors: librdkafka's errors are logged (error callback, or error events
+ * in the consumer's queue) and survived: it retries by itself. A fatal
+ * error (rd_kafka_fatal_error(): e.g. an idempotent producer refused a
+ * producer id, a static group member fenced) is never recovered from: it
+ * fails every later produce and poll with an error naming the client, and
+ * bus_kafka_*_fatal() says so, so callers stop instead of retrying.
+ *
  * Threads: as bus.h; librdkafka runs its own threads internally.
  * Ownership: the consumer owns its arena and message array; the producer
  * owns its slots. Both own their rd_kafka_t.
@@ -82,13 +89,27 @@ static void kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *op
 {
     (void)opaque;
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        /* librdkafka logs it (FATAL), and every later produce or poll fails
+         * with it (fatal_check), which is where herald reports it */
         char why[512];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof(why));
-        LOG_ERROR("kafka %s: fatal error %s: %s", rd_kafka_name(rk), rd_kafka_err2name(orig), why);
+        LOG_DEBUG("kafka %s: fatal error %s: %s", rd_kafka_name(rk), rd_kafka_err2name(orig), why);
         return;
     }
     LOG_WARN("kafka %s: %s: %s", rd_kafka_name(rk), rd_kafka_err2name((rd_kafka_resp_err_t)err),
              reason);
+}
+
+/* 0, or -1 with err naming the client and the error when librdkafka has
+ * raised a fatal error on rk (it never recovers: bus.h). */
+static int fatal_check(rd_kafka_t *rk, const char *what, char *err, size_t errlen)
+{
+    char why[512];
+    rd_kafka_resp_err_t e = rd_kafka_fatal_error(rk, why, sizeof(why));
+    if (e == RD_KAFKA_RESP_ERR_NO_ERROR)
+        return 0;
+    return util_error(err, errlen, "Kafka %s %s failed: %s: %s", what, rd_kafka_name(rk),
+                      rd_kafka_err2name(e), why);
 }
 
 static int conf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err,
@@ -535,11 +556,8 @@ static rd_kafka_resp_err_t produce_one(bus_kafka_producer *p, const bus_record *
 int bus_kafka_produce(bus_kafka_producer *p, const bus_record *records, size_t n, int64_t *offsets,
                       char *err, size_t errlen)
 {
-    char why[512];
-    rd_kafka_resp_err_t fatal = rd_kafka_fatal_error(p->rk, why, sizeof(why));
-    if (fatal)
-        return util_error(err, errlen, "Kafka producer failed: %s: %s", rd_kafka_err2name(fatal),
-                          why);
+    if (fatal_check(p->rk, "producer", err, errlen) != 0)
+        return -1;
     for (size_t i = 0; i < n; i++)
         if (!records[i].topic || !bus_topic_name_valid(records[i].topic))
             return util_error(err, errlen, "invalid topic name '%s'",
@@ -575,6 +593,9 @@ int bus_kafka_produce(bus_kafka_producer *p, const bus_record *records, size_t n
             purged = 1;
         }
     }
+    /* a fatal error fails (purges) what was queued: name the cause */
+    if (fatal_check(p->rk, "producer", err, errlen) != 0)
+        return -1;
     for (size_t i = 0; i < produced; i++) {
         if (p->slots[i].err != RD_KAFKA_RESP_ERR_NO_ERROR)
             return util_error(err, errlen, "Kafka did not acknowledge record %zu of %zu (%s): %s",
@@ -587,6 +608,12 @@ int bus_kafka_produce(bus_kafka_producer *p, const bus_record *records, size_t n
         for (size_t i = 0; i < n; i++)
             offsets[i] = p->slots[i].offset;
     return 0;
+}
+
+int bus_kafka_producer_fatal(bus_kafka_producer *p, char *err, size_t errlen)
+{
+    char ignored[8];
+    return fatal_check(p->rk, "producer", err ? err : ignored, err ? errlen : sizeof(ignored)) != 0;
 }
 
 void bus_kafka_producer_close(bus_kafka_producer *p)
@@ -981,6 +1008,8 @@ int bus_kafka_consumer_poll(bus_kafka_consumer *c, int timeout_ms, const bus_mes
     size_t n = 0;
     int64_t deadline = timeout_ms >= 0 ? util_now_ms() + timeout_ms : 0;
     for (int first = 1; n < c->max_batch; first = 0) {
+        if (fatal_check(c->rk, "consumer", err, errlen) != 0)
+            return -1; /* the batch so far is dropped: nothing more is committed */
         if (atomic_exchange(&c->wake, 0))
             break;
         int slice = WAKE_SLICE_MS;
@@ -1000,16 +1029,11 @@ int bus_kafka_consumer_poll(bus_kafka_consumer *c, int timeout_ms, const bus_mes
                 break;
             continue;
         }
-        if (m->err) {
-            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        if (m->err) { /* logged and survived; a fatal one fails the next round */
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF && m->err != RD_KAFKA_RESP_ERR__FATAL)
                 LOG_WARN("kafka: consumer error%s%s: %s", m->rkt ? " on " : "",
                          m->rkt ? rd_kafka_topic_name(m->rkt) : "", rd_kafka_message_errstr(m));
             rd_kafka_message_destroy(m);
-            char why[512];
-            rd_kafka_resp_err_t fatal = rd_kafka_fatal_error(c->rk, why, sizeof(why));
-            if (fatal)
-                return util_error(err, errlen, "Kafka consumer failed: %s: %s",
-                                  rd_kafka_err2name(fatal), why);
             continue;
         }
         batch_add(c, n++, m);
@@ -1138,13 +1162,19 @@ void bus_kafka_consumer_wakeup(bus_kafka_consumer *c)
     atomic_store(&c->wake, 1);
 }
 
+int bus_kafka_consumer_fatal(bus_kafka_consumer *c, char *err, size_t errlen)
+{
+    char ignored[8];
+    return fatal_check(c->rk, "consumer", err ? err : ignored, err ? errlen : sizeof(ignored)) != 0;
+}
+
 void bus_kafka_consumer_close(bus_kafka_consumer *c)
 {
     if (!c)
         return;
     c->closing = 1;
     rd_kafka_resp_err_t e = rd_kafka_consumer_close(c->rk);
-    if (e)
+    if (e && e != RD_KAFKA_RESP_ERR__FATAL) /* a fatal error was reported already */
         LOG_WARN("kafka: consumer close: %s", rd_kafka_err2str(e));
     rd_kafka_destroy(c->rk);
     consumer_free(c);

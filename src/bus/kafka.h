@@ -63,13 +63,16 @@ int bus_kafka_produce(bus_kafka_producer *p, const bus_record *records, size_t n
                       char *err, size_t errlen);
 /* As bus_producer_give_up_at(). */
 void bus_kafka_producer_give_up_at(bus_kafka_producer *p, int64_t deadline_ns);
+/* As bus_producer_fatal(): librdkafka's rd_kafka_fatal_error() is set. */
+int bus_kafka_producer_fatal(bus_kafka_producer *p, char *err, size_t errlen);
 /* As bus_producer_close(): flushes what is queued (up to 10 s). */
 void bus_kafka_producer_close(bus_kafka_producer *p);
 
 /* As bus_consumer_open(). */
 bus_kafka_consumer *bus_kafka_consumer_open(const bus_config *cfg, const bus_subscription *sub,
                                             char *err, size_t errlen);
-/* As bus_consumer_poll(). -1 only on a fatal client error. */
+/* As bus_consumer_poll(). -1 only on a fatal client error (err names the
+ * client and librdkafka's error), checked before every wait. */
 int bus_kafka_consumer_poll(bus_kafka_consumer *c, int timeout_ms, const bus_message **msgs,
                             size_t *count, char *err, size_t errlen);
 /* As bus_consumer_commit(): a synchronous commit of the positions. */
@@ -82,6 +85,8 @@ int bus_kafka_consumer_caught_up(bus_kafka_consumer *c, int timeout_ms, char *er
 /* As bus_consumer_wakeup() (async-signal-safe: sets an atomic flag that a
  * poll checks at least every 100 ms). */
 void bus_kafka_consumer_wakeup(bus_kafka_consumer *c);
+/* As bus_consumer_fatal(): librdkafka's rd_kafka_fatal_error() is set. */
+int bus_kafka_consumer_fatal(bus_kafka_consumer *c, char *err, size_t errlen);
 /* As bus_consumer_close(): leaves the group (revocation commits). */
 void bus_kafka_consumer_close(bus_kafka_consumer *c);
 

@@ -12,6 +12,11 @@
  * (every commit that queued records rewrites it) or an eventfd (stop). On a
  * bus failure it keeps the rows and retries with a backoff from 100 ms
  * doubling to 5 s, logging the first failure of a streak and the recovery.
+ * A fatal error of the producer (bus_producer_fatal(), checked after a
+ * failure and on every idle wake-up, so a producer that failed at start is
+ * found without records to publish) ends the thread instead: one ERROR
+ * line, the rows stay, and the on_fatal callback (under a mutex, so one set
+ * after the error still runs) asks the process to stop.
  */
 #include "bus/outbox.h"
 
@@ -125,6 +130,10 @@ struct bus_relay {
     atomic_llong stop_deadline_ns;
     atomic_ullong published;
     int inotify_fd, wake_fd;
+    pthread_mutex_t fatal_lock; /* guards the three below */
+    int fatal;                  /* the producer hit a fatal error; the thread ended */
+    void (*on_fatal)(void *arg);
+    void *on_fatal_arg;
 };
 
 static char *copy_column(sqlite3_stmt *st, int col, size_t *len)
@@ -226,6 +235,26 @@ static void relay_wait(bus_relay *r, int ms)
     }
 }
 
+/* The producer hit a fatal error (err): log it, mark the relay failed and
+ * call on_fatal. */
+static void relay_fatal(bus_relay *r, const char *err)
+{
+    int64_t left = bus_outbox_depth(r->log);
+    if (left > 0)
+        LOG_ERROR("outbox relay: %s; stopping for good, this client cannot recover (%lld records "
+                  "stay in the outbox; the next start publishes them)",
+                  err, (long long)left);
+    else
+        LOG_ERROR("outbox relay: %s; stopping for good, this client cannot recover", err);
+    pthread_mutex_lock(&r->fatal_lock);
+    r->fatal = 1;
+    void (*fn)(void *) = r->on_fatal;
+    void *fn_arg = r->on_fatal_arg;
+    pthread_mutex_unlock(&r->fatal_lock);
+    if (fn)
+        fn(fn_arg);
+}
+
 static void *relay_thread(void *arg)
 {
     bus_relay *r = arg;
@@ -236,6 +265,10 @@ static void *relay_thread(void *arg)
         if (n == 0) {
             if (atomic_load(&r->stopping))
                 break; /* empty: nothing left to flush */
+            if (bus_producer_fatal(r->producer, err, sizeof(err))) {
+                relay_fatal(r, err);
+                break;
+            }
             relay_wait(r, RELAY_IDLE_WAIT_MS);
             continue;
         }
@@ -254,6 +287,11 @@ static void *relay_thread(void *arg)
             }
             release_rows(r, (size_t)n);
             continue;
+        }
+        if (n > 0 && bus_producer_fatal(r->producer, err, sizeof(err))) {
+            release_rows(r, (size_t)n);
+            relay_fatal(r, err);
+            break;
         }
         if (n > 0) {
             if (!backoff)
@@ -282,6 +320,7 @@ static void relay_free(bus_relay *r)
         close(r->wake_fd);
     free(r->rows);
     free(r->records);
+    pthread_mutex_destroy(&r->fatal_lock);
     free(r);
 }
 
@@ -294,6 +333,7 @@ bus_relay *bus_relay_start(const bus_config *local, const bus_config *remote, si
     atomic_init(&r->stopping, 0);
     atomic_init(&r->stop_deadline_ns, 0);
     atomic_init(&r->published, 0);
+    pthread_mutex_init(&r->fatal_lock, NULL);
     r->rows = xcalloc(r->batch, sizeof(*r->rows));
     r->records = xcalloc(r->batch, sizeof(*r->records));
     r->log = bus_log_open(local, err, errlen);
@@ -351,6 +391,17 @@ int64_t bus_relay_stop(bus_relay *r, int flush_ms)
                  (long long)left);
     relay_free(r);
     return left;
+}
+
+void bus_relay_on_fatal(bus_relay *r, void (*fn)(void *arg), void *arg)
+{
+    pthread_mutex_lock(&r->fatal_lock);
+    r->on_fatal = fn;
+    r->on_fatal_arg = arg;
+    int already = r->fatal;
+    pthread_mutex_unlock(&r->fatal_lock);
+    if (already && fn)
+        fn(arg);
 }
 
 uint64_t bus_relay_published(bus_relay *r)

@@ -48,11 +48,23 @@ typedef struct bus_relay bus_relay;
  * in outbox order, up to batch records per bus_produce() (0: 2000), deleting
  * them once bus_produce() returned success. When the bus fails it logs,
  * waits (backing off up to 5 s) and tries again; nothing is dropped.
+ * A fatal error of the producer (bus_producer_fatal()) stops it instead,
+ * with one ERROR line and the records kept (see bus_relay_on_fatal()).
  * Returns NULL with err filled if the database or the producer cannot be
  * opened.
  */
 bus_relay *bus_relay_start(const bus_config *local, const bus_config *remote, size_t batch,
                            char *err, size_t errlen);
+
+/*
+ * Have fn(arg) called once when the relay's producer hits a fatal error
+ * (bus_producer_fatal(): the bus client can never publish again): the relay
+ * then stops for good, keeping the records in the outbox for the next
+ * process, and the process should stop (bus_relay_stop() is still due).
+ * fn runs on the relay's thread, or at once on the caller's if the error
+ * came first. Set it once, right after bus_relay_start().
+ */
+void bus_relay_on_fatal(bus_relay *r, void (*fn)(void *arg), void *arg);
 
 /*
  * Stop the relay: it keeps publishing for at most flush_ms to empty the

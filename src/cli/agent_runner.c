@@ -1,7 +1,9 @@
 /*
  * agent_runner.c - agents on threads (see agent_runner.h). Each thread runs
  * agent_runtime_run() until agent_runner_stop() stops its runtime; the
- * runtimes share nothing but the data directory.
+ * runtimes share nothing but the data directory. A run that ends on a fatal
+ * bus error calls the runner's on_fatal callback from its thread (the
+ * callback is read under a mutex, so one set after the error still runs).
  */
 #include "cli/agent_runner.h"
 
@@ -14,6 +16,7 @@
 
 typedef struct agent_slot {
     agent_runtime *rt;
+    agent_runner *runner;
     pthread_t thread;
     int started;
 } agent_slot;
@@ -21,11 +24,25 @@ typedef struct agent_slot {
 struct agent_runner {
     agent_slot *slots;
     size_t count;
+    pthread_mutex_t fatal_lock; /* guards the three below */
+    int fatal;                  /* an agent stopped on a fatal error */
+    void (*on_fatal)(void *arg);
+    void *on_fatal_arg;
 };
 
 static void *agent_thread(void *arg)
 {
-    agent_runtime_run(arg);
+    agent_slot *slot = arg;
+    if (agent_runtime_run(slot->rt) == 0)
+        return NULL;
+    agent_runner *r = slot->runner;
+    pthread_mutex_lock(&r->fatal_lock);
+    r->fatal = 1;
+    void (*fn)(void *) = r->on_fatal;
+    void *fn_arg = r->on_fatal_arg;
+    pthread_mutex_unlock(&r->fatal_lock);
+    if (fn)
+        fn(fn_arg);
     return NULL;
 }
 
@@ -35,6 +52,7 @@ agent_runner *agent_runner_start(const bus_config *cfg, const agent_settings *s,
 {
     agent_runner *r = xcalloc(1, sizeof(*r));
     r->slots = xcalloc(n ? n : 1, sizeof(*r->slots));
+    pthread_mutex_init(&r->fatal_lock, NULL);
     for (size_t i = 0; i < n; i++) {
         agent_def def = AGENT_DEF_INIT;
         char why[512];
@@ -46,8 +64,9 @@ agent_runner *agent_runner_start(const bus_config *cfg, const agent_settings *s,
         slot->rt = agent_runtime_open(cfg, &def, retry, err, errlen);
         if (!slot->rt)
             goto fail;
+        slot->runner = r;
         r->count++;
-        if (pthread_create(&slot->thread, NULL, agent_thread, slot->rt) != 0) {
+        if (pthread_create(&slot->thread, NULL, agent_thread, slot) != 0) {
             util_error(err, errlen, "agent '%s': cannot start a thread", entries[i]->name);
             goto fail;
         }
@@ -71,8 +90,20 @@ void agent_runner_stop(agent_runner *r)
             pthread_join(r->slots[i].thread, NULL);
         agent_runtime_close(r->slots[i].rt);
     }
+    pthread_mutex_destroy(&r->fatal_lock);
     free(r->slots);
     free(r);
+}
+
+void agent_runner_on_fatal(agent_runner *r, void (*fn)(void *arg), void *arg)
+{
+    pthread_mutex_lock(&r->fatal_lock);
+    r->on_fatal = fn;
+    r->on_fatal_arg = arg;
+    int already = r->fatal;
+    pthread_mutex_unlock(&r->fatal_lock);
+    if (already && fn)
+        fn(arg);
 }
 
 size_t agent_runner_count(const agent_runner *r)

@@ -24,6 +24,15 @@ agent_runner *agent_runner_start(const bus_config *cfg, const agent_settings *s,
                                  const runtime_retry *retry, const agent_entry *const *entries,
                                  size_t n, char *err, size_t errlen);
 
+/*
+ * Have fn(arg) called when an agent stops on a fatal error of its consumer
+ * (agent_runtime_run() returned -1: the Kafka client cannot recover, see
+ * agent_runtime_fatal()); the process should then stop. fn runs on that
+ * agent's thread, once per agent that fails, or at once on the caller's if
+ * one failed already. The other agents go on until agent_runner_stop().
+ */
+void agent_runner_on_fatal(agent_runner *r, void (*fn)(void *arg), void *arg);
+
 /* Stop every agent (each finishes the event in hand and commits what it
  * handled), join the threads and free everything. NULL is a no-op. */
 void agent_runner_stop(agent_runner *r);

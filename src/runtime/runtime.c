@@ -18,6 +18,10 @@
  *      de-duplication records and the group's offsets; COMMIT;
  *   5. timers: if the agent's next timer is due, fire_timers() in a second
  *      transaction with the events it emits.
+ * A fatal error of the consumer (bus_consumer_fatal(): the Kafka client can
+ * never recover) ends the loop instead of being retried: run() logs it and
+ * returns -1 without another commit; the caller stops the process.
+ *
  * If the loop is stopped while a batch is in hand (a stop during a retry
  * backoff), the consumer is moved back to the first record not handled, so
  * the commit covers exactly what was handled. If the transaction fails, the
@@ -152,6 +156,7 @@ struct agent_runtime {
     int full_batches_without_timers; /* see fire_timers() */
 
     atomic_int stopping;
+    atomic_int fatal; /* the consumer hit a fatal error (agent_runtime_fatal) */
     int stop_fd;
     pthread_mutex_t stats_lock;
     runtime_stats stats;
@@ -640,6 +645,7 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
     if (rt->def.max_batch == 0)
         rt->def.max_batch = DEFAULT_MAX_BATCH;
     atomic_init(&rt->stopping, 0);
+    atomic_init(&rt->fatal, 0);
     rt->stop_fd = -1;
     pthread_mutex_init(&rt->stats_lock, NULL);
     if (!def->name || !*def->name || !def->group || !def->handle) {
@@ -1262,8 +1268,11 @@ int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char 
                 timeout_ms = wait < 0 ? 0 : (int)(wait > IDLE_POLL_MS ? IDLE_POLL_MS : wait);
         }
     }
-    if (bus_consumer_poll(rt->consumer, timeout_ms, &msgs, &n, err, errlen) != 0)
+    if (bus_consumer_poll(rt->consumer, timeout_ms, &msgs, &n, err, errlen) != 0) {
+        if (bus_consumer_fatal(rt->consumer, NULL, 0))
+            atomic_store(&rt->fatal, 1);
         return step_failed(rt);
+    }
     int64_t polled_ms = util_now_ms();
     atomic_store_explicit(&rt->h_poll_ms, polled_ms, memory_order_relaxed);
     if (n == 0 && atomic_load_explicit(&rt->h_failures, memory_order_relaxed) == 0)
@@ -1353,9 +1362,17 @@ int agent_runtime_run(agent_runtime *rt)
     progress(rt, now);
     atomic_store_explicit(&rt->h_running, 1, memory_order_relaxed);
     heartbeat(rt, 1);
+    int rc = 0;
     while (!stopping(rt)) {
         err[0] = '\0';
         if (agent_runtime_step(rt, IDLE_POLL_MS, NULL, err, sizeof(err)) != 0) {
+            if (agent_runtime_fatal(rt)) {
+                LOG_ERROR("%s: %s; stopping for good, this client cannot recover (what was not "
+                          "committed is handled after a restart)",
+                          rt->def.name, err);
+                rc = -1;
+                break;
+            }
             LOG_ERROR("%s: %s; trying again in %d ms", rt->def.name, err, ERROR_BACKOFF_MS);
             heartbeat(rt, 0);
             sleep_or_stop(rt, ERROR_BACKOFF_MS);
@@ -1368,5 +1385,10 @@ int agent_runtime_run(agent_runtime *rt)
     LOG_INFO("%s: stopped (%" PRIu64 " handled, %" PRIu64 " retried, %" PRIu64
              " dead-lettered, %" PRIu64 " duplicates dropped)",
              rt->def.name, s.handled, s.retried, s.dead_lettered, s.duplicates);
-    return 0;
+    return rc;
+}
+
+int agent_runtime_fatal(agent_runtime *rt)
+{
+    return atomic_load(&rt->fatal);
 }

@@ -255,7 +255,9 @@ agent_runtime *agent_runtime_open(const bus_config *cfg, const agent_def *def,
  * Run the loop until agent_runtime_stop(): poll, handle, commit, fire
  * timers. Errors of the bus or the database are logged and retried after a
  * backoff (the batch is read again from the committed offsets). Returns 0
- * after a stop.
+ * after a stop; -1 after a fatal error of the consumer (agent_runtime_fatal()),
+ * logged as one ERROR line: nothing more is committed, the group reads what
+ * was not committed again, and the caller should stop the process.
  */
 int agent_runtime_run(agent_runtime *rt);
 
@@ -263,10 +265,15 @@ int agent_runtime_run(agent_runtime *rt);
  * One round of the loop: poll (waiting up to timeout_ms), handle, commit,
  * fire due timers. *handled (may be NULL) receives the number of records
  * read. Returns 0, or -1 with err filled (the records of the batch that were
- * not committed will be read again).
+ * not committed will be read again). When the consumer hit a fatal error
+ * (bus_consumer_fatal()), agent_runtime_fatal() becomes 1 and every later
+ * round fails: retrying is pointless.
  */
 int agent_runtime_step(agent_runtime *rt, int timeout_ms, size_t *records, char *err,
                        size_t errlen);
+
+/* 1 once a round failed on a fatal error of the consumer; thread-safe. */
+int agent_runtime_fatal(agent_runtime *rt);
 
 /* Make run() return after the event in hand; thread-safe. */
 void agent_runtime_stop(agent_runtime *rt);

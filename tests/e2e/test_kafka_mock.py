@@ -1,7 +1,7 @@
 """The kafka_mock test tool (tests/tools/kafka_mock.c) against an independent
 Kafka client, kcat: what kcat writes to the mock cluster it reads back with
-keys and headers; the control channel really takes brokers down and up;
-bad commands are answered and survived; EOF, quit and SIGTERM end it with
+keys and headers; the control channel really takes brokers down and up
+and fails the requests of an API key with an error code; bad commands are answered and survived; EOF, quit and SIGTERM end it with
 status 0. No timing assertions: only "this happened" with generous limits."""
 
 import json
@@ -140,6 +140,15 @@ def test_broker_down_and_up(kafka_mock):
     ("topic ok-name 0", "error invalid partition count '0' (1..10000)"),
     ("topic ok-name 1 2", "error wrong number of arguments for 'topic'"),
     ("quit now", "error wrong number of arguments for 'quit'"),
+    ("error 22", "error wrong number of arguments for 'error'"),
+    ("error 22 31 1 2", "error too many arguments"),
+    ("error x 31", "error invalid API key 'x' (0..999)"),
+    ("error 1000 31", "error invalid API key '1000' (0..999)"),
+    ("error 22 0", "error invalid error code '0' (-199..1000, not 0)"),
+    ("error 22 -200", "error invalid error code '-200' (-199..1000, not 0)"),
+    ("error 22 31 0", "error invalid count '0' (1..10000)"),
+    ("clear", "error wrong number of arguments for 'clear'"),
+    ("clear -1", "error invalid API key '-1' (0..999)"),
     ("x" * 5000, "error line too long"),
 ])
 def test_bad_commands_answer_error_and_tool_survives(kafka_mock, command, answer):
@@ -149,6 +158,28 @@ def test_bad_commands_answer_error_and_tool_survives(kafka_mock, command, answer
     _, topic = metadata(kafka_mock.bootstrap, "after-error")
     assert len(topic["partitions"]) == 1
     assert kafka_mock.popen.poll() is None
+
+
+def test_error_command_fails_the_next_requests_of_an_api_key(kafka_mock):
+    """error 0 10 2: the next two Produce requests (API key 0) are answered
+    MSG_SIZE_TOO_LARGE (10, not retried by the client), the third is not;
+    clear drops what is still pending."""
+    b = kafka_mock.bootstrap
+    assert kafka_mock.command("topic t-err 1") == "ok topic t-err 1"
+    assert kafka_mock.command("error 0 10 2") == "ok error 0 10 2 MSG_SIZE_TOO_LARGE"
+
+    def produce_one(line):
+        return kcat("-P", "-b", b, "-t", "t-err", "-K", ":", "-X", "acks=all",
+                    input=line + "\n")
+
+    for key in ("k1", "k2"):
+        r = produce_one(f"{key}:refused")
+        assert r.returncode != 0 and "Message size too large" in r.stderr, r
+    produce(b, "t-err", ["k3:v3"])
+    assert kafka_mock.command("error 0 10 5") == "ok error 0 10 5 MSG_SIZE_TOO_LARGE"
+    assert kafka_mock.command("clear 0") == "ok clear 0"
+    produce(b, "t-err", ["k4:v4"])
+    assert consume_all(b, "t-err") == ["k3  v3", "k4  v4"]
 
 
 def test_existing_topic_is_an_error(kafka_mock):

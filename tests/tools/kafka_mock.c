@@ -16,6 +16,19 @@
  *   up ID          accept connections on broker ID again
  *   rtt ID MS      delay every response of broker ID by MS milliseconds
  *   topic NAME P   create topic NAME with P partitions
+ *   error APIKEY ERRCODE [COUNT]
+ *                  the next COUNT (default 1, at most 10000) requests of
+ *                  Kafka API key APIKEY (0..999: 0 Produce, 1 Fetch, 8
+ *                  OffsetCommit, 11 JoinGroup, 12 Heartbeat, 14 SyncGroup,
+ *                  22 InitProducerId, ...) to any broker are answered with
+ *                  error code ERRCODE (a Kafka protocol error code such as
+ *                  7 REQUEST_TIMED_OUT, 16 NOT_COORDINATOR, 31
+ *                  CLUSTER_AUTHORIZATION_FAILED, 82 FENCED_INSTANCE_ID; or
+ *                  -195, librdkafka's __TRANSPORT, which makes the broker
+ *                  drop the connection); pushed after any still pending
+ *                  (rd_kafka_mock_push_request_errors); answers
+ *                  "ok error APIKEY ERRCODE COUNT NAME"
+ *   clear APIKEY   drop the errors still pending for APIKEY
  *   quit           stop (answers "ok quit" first)
  *
  * ID is a broker id 1..N, or -1 for every broker. A bad command is answered
@@ -51,6 +64,9 @@ enum {
     KMOCK_MAX_RTT_MS = 600000,
     KMOCK_TOPIC_MAX = 249, /* Kafka's limit on a topic name */
     KMOCK_LINE_MAX = 1024,
+    KMOCK_MAX_API_KEY = 999,     /* Kafka's keys are below 100 today */
+    KMOCK_MAX_ERRORS = 10000,    /* per error command */
+    KMOCK_MAX_ERROR_CODE = 1000, /* Kafka's codes are below 200 today */
 };
 
 static volatile sig_atomic_t kmock_stop;
@@ -199,8 +215,48 @@ static int kmock_command(kmock_cluster *c, char *line, char *ans, size_t anslen)
         snprintf(ans, anslen, "ok topic %s %s", argv[1], argv[2]);
         return 0;
     }
+    if (strcmp(cmd, "error") == 0 && (argc == 3 || argc == 4)) {
+        long key, code, count = 1;
+        if (kmock_parse_int(argv[1], 0, KMOCK_MAX_API_KEY, &key) != 0) {
+            snprintf(err, sizeof(err), "invalid API key '%.32s' (0..%d)", argv[1],
+                     KMOCK_MAX_API_KEY);
+            goto fail;
+        }
+        /* librdkafka's own codes lie between __BEGIN (-200) and -1 */
+        if (kmock_parse_int(argv[2], RD_KAFKA_RESP_ERR__BEGIN + 1, KMOCK_MAX_ERROR_CODE, &code) !=
+                0 ||
+            code == 0) {
+            snprintf(err, sizeof(err), "invalid error code '%.32s' (%d..%d, not 0)", argv[2],
+                     RD_KAFKA_RESP_ERR__BEGIN + 1, KMOCK_MAX_ERROR_CODE);
+            goto fail;
+        }
+        if (argc == 4 && kmock_parse_int(argv[3], 1, KMOCK_MAX_ERRORS, &count) != 0) {
+            snprintf(err, sizeof(err), "invalid count '%.32s' (1..%d)", argv[3], KMOCK_MAX_ERRORS);
+            goto fail;
+        }
+        rd_kafka_resp_err_t *codes = xcalloc((size_t)count, sizeof(*codes));
+        for (long i = 0; i < count; i++)
+            codes[i] = (rd_kafka_resp_err_t)code;
+        rd_kafka_mock_push_request_errors_array(c->mc, (int16_t)key, (size_t)count, codes);
+        free(codes);
+        snprintf(ans, anslen, "ok error %ld %ld %ld %s", key, code, count,
+                 rd_kafka_err2name((rd_kafka_resp_err_t)code));
+        return 0;
+    }
+    if (strcmp(cmd, "clear") == 0 && argc == 2) {
+        long key;
+        if (kmock_parse_int(argv[1], 0, KMOCK_MAX_API_KEY, &key) != 0) {
+            snprintf(err, sizeof(err), "invalid API key '%.32s' (0..%d)", argv[1],
+                     KMOCK_MAX_API_KEY);
+            goto fail;
+        }
+        rd_kafka_mock_clear_request_errors(c->mc, (int16_t)key);
+        snprintf(ans, anslen, "ok clear %ld", key);
+        return 0;
+    }
     if (strcmp(cmd, "quit") == 0 || strcmp(cmd, "down") == 0 || strcmp(cmd, "up") == 0 ||
-        strcmp(cmd, "rtt") == 0 || strcmp(cmd, "topic") == 0)
+        strcmp(cmd, "rtt") == 0 || strcmp(cmd, "topic") == 0 || strcmp(cmd, "error") == 0 ||
+        strcmp(cmd, "clear") == 0)
         snprintf(err, sizeof(err), "wrong number of arguments for '%s'", cmd);
     else
         snprintf(err, sizeof(err), "unknown command '%.64s'", cmd);
