@@ -1,5 +1,6 @@
 /*
- * args.c - the argument parser shared by every command (see cli.h).
+ * args.c - the argument parser shared by every command (see cli.h), and
+ * the process-wide fatal stop (cli_fatal_stop()).
  * Hand-written rather than getopt_long so that every error is one precise
  * line in herald's own words.
  */
@@ -7,10 +8,13 @@
 
 #include "common/util.h"
 
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
@@ -121,4 +125,18 @@ int cli_finish_parse(const char *cmd, const cli_parsed *args, const char *usage,
         return 1;
     }
     return 0;
+}
+
+static atomic_int fatal_stopped;
+
+void cli_fatal_stop(void *unused)
+{
+    (void)unused;
+    if (!atomic_exchange(&fatal_stopped, 1))
+        kill(getpid(), SIGTERM);
+}
+
+int cli_fatal_stopped(void)
+{
+    return atomic_load(&fatal_stopped);
 }

@@ -67,4 +67,16 @@ int cmd_audit(int argc, char **argv, herald_config *cfg);
 int cmd_lag(int argc, char **argv, herald_config *cfg);
 int cmd_trace(int argc, char **argv, herald_config *cfg);
 
+/*
+ * A fatal Kafka error (a client that can never recover: the outbox relay's
+ * producer, an agent's consumer) stops the process as SIGTERM does, but the
+ * exit status is 1 so that a supervisor restarts it. cli_fatal_stop() is the
+ * on-fatal callback of bus_relay_on_fatal() / agent_runner_on_fatal(): it
+ * runs on the failing thread, marks the stop as fatal and sends SIGTERM to
+ * the process, which the main thread's sigwait() takes (every thread blocks
+ * it). cli_fatal_stopped(): 1 once that happened (the exit status is then 1).
+ */
+void cli_fatal_stop(void *unused);
+int cli_fatal_stopped(void);
+
 #endif

@@ -6,7 +6,7 @@
  * SIGINT/SIGTERM are blocked and taken by the main thread with sigwait();
  * the agent finishes the event in hand, commits what it handled and the
  * process exits 0. A fatal Kafka error stops it the same way, with exit
- * status 1 (see on_fatal()).
+ * status 1 (cli_fatal_stop()).
  */
 #include "cli/cli.h"
 
@@ -24,22 +24,6 @@
 #include <unistd.h>
 
 #define MAX_EXEC_TYPES 64
-
-/*
- * A fatal Kafka error (a client that can never recover: the outbox relay's
- * producer, an agent's consumer) stops the process as SIGTERM does, but the
- * exit status is 1 so that a supervisor restarts it: on_fatal() runs on the
- * failing thread, sets fatal_stop and sends SIGTERM to the process, which
- * the main thread's sigwait() takes (every thread blocks it).
- */
-static atomic_int fatal_stop;
-
-static void on_fatal(void *arg)
-{
-    (void)arg;
-    if (!atomic_exchange(&fatal_stop, 1))
-        kill(getpid(), SIGTERM);
-}
 
 typedef struct agent_opts {
     const char *group;
@@ -191,26 +175,26 @@ int cmd_agent(int argc, char **argv, herald_config *cfg)
             fprintf(stderr, "herald agent: %s\n", err);
             goto out;
         }
-        bus_relay_on_fatal(relay, on_fatal, NULL);
+        bus_relay_on_fatal(relay, cli_fatal_stop, NULL);
     }
     runner = agent_runner_start(&bus, &s, &retry, &entry, 1, err, sizeof(err));
     if (!runner) {
         fprintf(stderr, "herald agent: %s\n", err);
         goto out;
     }
-    agent_runner_on_fatal(runner, on_fatal, NULL);
+    agent_runner_on_fatal(runner, cli_fatal_stop, NULL);
     LOG_INFO("herald agent %s: started (data in %s)", name, cfg->data_dir);
     int sig = 0;
     sigwait(&stop_signals, &sig);
     LOG_INFO("herald agent %s: %s, stopping", name,
-             atomic_load(&fatal_stop) ? "fatal Kafka error"
-             : sig == SIGINT          ? "SIGINT received"
-                                      : "SIGTERM received");
+             cli_fatal_stopped() ? "fatal Kafka error"
+             : sig == SIGINT     ? "SIGINT received"
+                                 : "SIGTERM received");
     agent_runner_stop(runner);
     runner = NULL;
     bus_relay_stop(relay, 10000);
     relay = NULL;
-    int fatal = atomic_load(&fatal_stop); /* also one during the stop */
+    int fatal = cli_fatal_stopped(); /* also one during the stop */
     if (fatal)
         LOG_WARN("herald agent %s: stopped after a fatal Kafka error, exit status 1", name);
     status = fatal ? CLI_FAILED : CLI_OK;

@@ -6,7 +6,7 @@
  * On a signal: stop accepting, let the requests in flight finish and be
  * answered (at most SHUTDOWN_GRACE_MS), then stop the store's writer (which
  * commits everything queued) and exit 0. A fatal Kafka error stops it the
- * same way, with exit status 1 (see on_fatal()); the outbox keeps what was
+ * same way, with exit status 1 (cli_fatal_stop()); the outbox keeps what was
  * not published, for the next start.
  */
 #include "cli/cli.h"
@@ -28,22 +28,6 @@
 #include <unistd.h>
 
 #define SHUTDOWN_GRACE_MS 10000
-
-/*
- * A fatal Kafka error (a client that can never recover: the outbox relay's
- * producer, an agent's consumer) stops the process as SIGTERM does, but the
- * exit status is 1 so that a supervisor restarts it: on_fatal() runs on the
- * failing thread, sets fatal_stop and sends SIGTERM to the process, which
- * the main thread's sigwait() takes (every thread blocks it).
- */
-static atomic_int fatal_stop;
-
-static void on_fatal(void *arg)
-{
-    (void)arg;
-    if (!atomic_exchange(&fatal_stop, 1))
-        kill(getpid(), SIGTERM);
-}
 
 static const char *api_usage =
     "usage: herald api [--listen HOST:PORT] [--data-dir DIR]\n"
@@ -144,7 +128,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
             fprintf(stderr, "herald %s: %s\n", cmd, err);
             goto out;
         }
-        bus_relay_on_fatal(relay, on_fatal, NULL);
+        bus_relay_on_fatal(relay, cli_fatal_stop, NULL);
     }
     if (!(metrics = api_metrics_start(&bus, relay, err, sizeof(err)))) {
         fprintf(stderr, "herald %s: %s\n", cmd, err);
@@ -155,7 +139,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
         goto out;
     }
     if (agents)
-        agent_runner_on_fatal(agents, on_fatal, NULL);
+        agent_runner_on_fatal(agents, cli_fatal_stop, NULL);
     srv = api_server_start(cfg->listen, store, err, sizeof(err));
     if (!srv) {
         fprintf(stderr, "herald %s: %s\n", cmd, err);
@@ -174,9 +158,9 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     int sig = 0;
     sigwait(&stop_signals, &sig);
     LOG_INFO("herald %s: %s, finishing requests in flight", cmd,
-             atomic_load(&fatal_stop) ? "stopping after a fatal Kafka error"
-             : sig == SIGINT          ? "SIGINT received"
-                                      : "SIGTERM received");
+             cli_fatal_stopped() ? "stopping after a fatal Kafka error"
+             : sig == SIGINT     ? "SIGINT received"
+                                 : "SIGTERM received");
     api_server_stop(srv, SHUTDOWN_GRACE_MS);
     srv = NULL;
     agent_runner_stop(agents);
@@ -189,7 +173,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     task_store_stats(store, &batches, &requests);
     task_store_close(store);
     store = NULL;
-    int fatal = atomic_load(&fatal_stop); /* also one during the stop */
+    int fatal = cli_fatal_stopped(); /* also one during the stop */
     if (fatal)
         LOG_WARN("herald %s: stopped after a fatal Kafka error, exit status 1 (%llu changes "
                  "committed in %llu transactions)",
