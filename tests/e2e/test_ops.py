@@ -232,10 +232,16 @@ def test_readyz_and_lag_stall_then_stop(herald, procs, data_dir):
         assert api.request("GET", "/healthz").status == 200
 
         created = next(e for e in api.events(task_id) if e["event_type"] == "task.created")
-        before = time.time() * 1000
-        rc, rows, summary = lag(herald, "--stall-after", "1s")
-        after = time.time() * 1000
-        row = rows[("notification-email", "task-events")]
+
+        def stalled():
+            # /readyz counts from the agent's last progress, lag from the
+            # event's arrival: lag may need a moment more to call it STALL
+            before = time.time() * 1000
+            rc, rows, summary = lag(herald, "--stall-after", "1s")
+            after = time.time() * 1000
+            row = rows[("notification-email", "task-events")]
+            return (rc, rows, row, before, after) if row["status"] != "OK" else None
+        rc, rows, row, before, after = wait_until("lag to leave OK", stalled)
         assert rc == 1 and row["status"] == "STALL", rows
         assert row["alive"] is True and row["lag"] == 1 and row["end"] == row["committed"] + 1
         lo, hi = before - occurred_ms(created), after - occurred_ms(created)
