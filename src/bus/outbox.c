@@ -12,6 +12,11 @@
  * (every commit that queued records rewrites it) or an eventfd (stop). On a
  * bus failure it keeps the rows and retries with a backoff from 100 ms
  * doubling to 5 s, logging the first failure of a streak and the recovery.
+ * One relay per outbox: several processes may share a data directory (and
+ * so its outbox), and only the one holding flock(DATA_DIR/bus.outbox.lock)
+ * publishes; the others check every second and take over when it stops or
+ * dies (the kernel drops the lock with the process), so no row is published
+ * twice by two relays racing for it.
  * A fatal error of the producer (bus_producer_fatal(), checked after a
  * failure and on every idle wake-up, so a producer that failed at start is
  * found without records to publish) ends the thread instead: one ERROR
@@ -24,17 +29,20 @@
 #include "common/util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/inotify.h>
 #include <unistd.h>
 
 #define DEFAULT_RELAY_BATCH 2000
 #define RELAY_IDLE_WAIT_MS 1000
+#define RELAY_LOCK_FILE "bus.outbox.lock"
 #define RELAY_BACKOFF_MIN_MS 100
 #define RELAY_BACKOFF_MAX_MS 5000
 #define MAX_HEADERS_PER_RECORD 32
@@ -130,6 +138,8 @@ struct bus_relay {
     atomic_llong stop_deadline_ns;
     atomic_ullong published;
     int inotify_fd, wake_fd;
+    int lock_fd;                /* DATA_DIR/bus.outbox.lock: one relay per outbox */
+    atomic_int holds_lock;      /* this relay publishes the outbox (flock held) */
     pthread_mutex_t fatal_lock; /* guards the three below */
     int fatal;                  /* the producer hit a fatal error; the thread ended */
     void (*on_fatal)(void *arg);
@@ -260,7 +270,25 @@ static void *relay_thread(void *arg)
     bus_relay *r = arg;
     int64_t backoff = 0;
     char err[512];
+    int told_waiting = 0;
     while (!stop_due(r)) {
+        if (!atomic_load(&r->holds_lock)) {
+            /* several processes on one data directory (herald api and
+             * herald agent, say) share the outbox: one relays it, the
+             * others wait to take over, or rows would go out twice */
+            if (flock(r->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+                if (atomic_load(&r->stopping))
+                    break;
+                if (!told_waiting++)
+                    LOG_INFO("outbox relay: another herald process on this data directory "
+                             "relays the outbox; this one takes over when it stops");
+                relay_wait(r, RELAY_IDLE_WAIT_MS);
+                continue;
+            }
+            atomic_store(&r->holds_lock, 1);
+            if (told_waiting)
+                LOG_INFO("outbox relay: this process relays the outbox now");
+        }
         long n = read_rows(r);
         if (n == 0) {
             if (atomic_load(&r->stopping))
@@ -318,6 +346,8 @@ static void relay_free(bus_relay *r)
         close(r->inotify_fd);
     if (r->wake_fd >= 0)
         close(r->wake_fd);
+    if (r->lock_fd >= 0)
+        close(r->lock_fd); /* releases the flock */
     free(r->rows);
     free(r->records);
     pthread_mutex_destroy(&r->fatal_lock);
@@ -329,14 +359,22 @@ bus_relay *bus_relay_start(const bus_config *local, const bus_config *remote, si
 {
     bus_relay *r = xcalloc(1, sizeof(*r));
     r->batch = batch ? batch : DEFAULT_RELAY_BATCH;
-    r->inotify_fd = r->wake_fd = -1;
+    r->inotify_fd = r->wake_fd = r->lock_fd = -1;
     atomic_init(&r->stopping, 0);
     atomic_init(&r->stop_deadline_ns, 0);
     atomic_init(&r->published, 0);
+    atomic_init(&r->holds_lock, 0);
     pthread_mutex_init(&r->fatal_lock, NULL);
     r->rows = xcalloc(r->batch, sizeof(*r->rows));
     r->records = xcalloc(r->batch, sizeof(*r->records));
     r->log = bus_log_open(local, err, errlen);
+    char lock_path[4096];
+    snprintf(lock_path, sizeof(lock_path), "%s/" RELAY_LOCK_FILE, local->data_dir);
+    r->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (r->lock_fd < 0) {
+        util_error(err, errlen, "cannot open '%s': %s", lock_path, strerror(errno));
+        goto fail;
+    }
     if (!r->log || bus_outbox_ensure(r->log, err, errlen) != 0)
         goto fail;
     sqlite3 *db = bus_log_db(r->log);
@@ -385,7 +423,11 @@ int64_t bus_relay_stop(bus_relay *r, int flush_ms)
     if (r->started)
         pthread_join(r->thread, NULL);
     int64_t left = bus_outbox_depth(r->log);
-    if (left > 0)
+    if (left > 0 && !atomic_load(&r->holds_lock))
+        LOG_INFO("outbox relay: stopped; %lld records wait for the relay of the other herald "
+                 "process on this data directory",
+                 (long long)left);
+    else if (left > 0)
         LOG_WARN("outbox relay: stopped with %lld records not yet published (the next start "
                  "publishes them)",
                  (long long)left);

@@ -50,8 +50,11 @@ typedef struct bus_relay bus_relay;
  * waits (backing off up to 5 s) and tries again; nothing is dropped.
  * A fatal error of the producer (bus_producer_fatal()) stops it instead,
  * with one ERROR line and the records kept (see bus_relay_on_fatal()).
- * Returns NULL with err filled if the database or the producer cannot be
- * opened.
+ * Only one relay per data directory publishes at a time (an flock on
+ * DATA_DIR/bus.outbox.lock); a relay of another process on the same
+ * directory waits and takes over when that one stops or dies.
+ * Returns NULL with err filled if the database, the lock file or the
+ * producer cannot be opened.
  */
 bus_relay *bus_relay_start(const bus_config *local, const bus_config *remote, size_t batch,
                            char *err, size_t errlen);

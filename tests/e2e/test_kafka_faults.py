@@ -226,6 +226,34 @@ def test_kill_9_of_the_api_with_brokers_down_loses_no_acknowledged_event(
     print(f"{len(keys)} records for {len(acked)} tasks")
 
 
+def test_processes_sharing_a_data_directory_relay_its_outbox_once(procs, data_dir):
+    """Two `herald api` on one data directory share its outbox: only one
+    relays it (an flock), so every record goes out once; when that one is
+    killed, the other takes over and publishes what both accept."""
+    mock = KafkaMock(topics=TOPICS)
+    procs.adopt(mock.popen)
+    env = kafka_env(mock)
+    apis = [start_api(procs, data_dir, env=env), start_api(procs, data_dir, env=env)]
+
+    def waiting(api):
+        return any("another herald process on this data directory relays the outbox" in line
+                   for line in list(api.proc.err_lines))
+    wait_for("one relay to wait for the other", lambda: any(waiting(a) for a in apis))
+    second, first = sorted(apis, key=lambda a: not waiting(a))  # first holds the lock
+    assert not waiting(first)
+    acked = []
+    for i in range(20):
+        acked.append((first if i % 2 else second).create(title=f"shared {i}").json["id"])
+    wait_for("the outbox to empty", lambda: outbox_depth(data_dir) == 0)
+    first.proc.kill9()
+    wait_for("the second to take over", lambda: any(
+        "this process relays the outbox now" in line for line in list(second.proc.err_lines)))
+    acked += [second.create(title=f"after {i}").json["id"] for i in range(10)]
+    wait_for("the outbox to empty again", lambda: outbox_depth(data_dir) == 0)
+    keys = kcat_keys(mock, "task-events", len(acked))
+    assert sorted(keys) == sorted(acked)  # each once
+
+
 def test_sigterm_with_brokers_down_stops_within_the_flush_limit_and_reports_what_is_left(
         procs, data_dir, tmp_path):
     mock = KafkaMock(topics=TOPICS)
