@@ -71,7 +71,8 @@ typedef struct dlq_opts {
 /* One dead letter, fields pointing into the consumer's batch. */
 typedef struct dlq_entry {
     const bus_message *m;
-    char reason[512], group[256], attempts[16], topic[256], offset[32], failed_at[40];
+    char reason[512], group[256], attempts[16], topic[256], partition[16], offset[32],
+        failed_at[40];
     char event_id[EVENT_UUID_LEN + 1], event_type[EVENT_TYPE_MAX + 1];
 } dlq_entry;
 
@@ -113,6 +114,7 @@ static void parse_entry(const bus_message *m, dlq_entry *e)
     header(m, RUNTIME_DLQ_GROUP, e->group, sizeof(e->group));
     header(m, RUNTIME_DLQ_ATTEMPTS, e->attempts, sizeof(e->attempts));
     header(m, RUNTIME_DLQ_TOPIC, e->topic, sizeof(e->topic));
+    header(m, RUNTIME_DLQ_PARTITION, e->partition, sizeof(e->partition));
     header(m, RUNTIME_DLQ_OFFSET, e->offset, sizeof(e->offset));
     header(m, RUNTIME_DLQ_FAILED_AT, e->failed_at, sizeof(e->failed_at));
     event ev = EVENT_INIT;
@@ -160,10 +162,14 @@ static void print_entry(sqlite3 *db, const dlq_entry *e, int json)
         char part[16] = ""; /* Kafka: the partition, when not 0 */
         if (e->m->partition != 0)
             snprintf(part, sizeof(part), "[%d]", (int)e->m->partition);
-        printf("%s%s:%" PRId64 "  group=%s  attempts=%s  from=%s:%s  %s  %s  %s%s%s  %s\n",
-               e->m->topic, part, e->m->offset, e->group, e->attempts, e->topic, e->offset,
-               e->event_type[0] ? e->event_type : "(invalid)", e->event_id[0] ? e->event_id : "-",
-               e->failed_at, rep ? "  replayed" : "", done ? "  handled" : "", e->reason);
+        char from_part[24] = ""; /* the original record's partition, when not 0 */
+        if (e->partition[0] && strcmp(e->partition, "0") != 0)
+            snprintf(from_part, sizeof(from_part), "[%s]", e->partition);
+        printf("%s%s:%" PRId64 "  group=%s  attempts=%s  from=%s%s:%s  %s  %s  %s%s%s  %s\n",
+               e->m->topic, part, e->m->offset, e->group, e->attempts, e->topic, from_part,
+               e->offset, e->event_type[0] ? e->event_type : "(invalid)",
+               e->event_id[0] ? e->event_id : "-", e->failed_at, rep ? "  replayed" : "",
+               done ? "  handled" : "", e->reason);
         return;
     }
     json_t *o = json_object();
@@ -173,6 +179,7 @@ static void print_entry(sqlite3 *db, const dlq_entry *e, int json)
     json_object_set_new(o, "group", json_string(e->group));
     json_object_set_new(o, "attempts", json_integer(atoi(e->attempts)));
     json_object_set_new(o, "topic", json_string(e->topic));
+    json_object_set_new(o, "partition", json_integer(atoi(e->partition))); /* "": 0 */
     json_object_set_new(o, "offset", json_integer(strtoll(e->offset, NULL, 10)));
     json_object_set_new(o, "failed_at", json_string(e->failed_at));
     json_object_set_new(o, "reason", json_string(e->reason));

@@ -867,6 +867,8 @@ static void dead_letter(agent_runtime *rt, const bus_message *m, const event *ev
     snprintf(num, sizeof(num), "%d", attempts);
     record_header(r, RUNTIME_DLQ_ATTEMPTS, num);
     record_header(r, RUNTIME_DLQ_TOPIC, m->topic);
+    snprintf(num, sizeof(num), "%" PRId32, m->partition);
+    record_header(r, RUNTIME_DLQ_PARTITION, num);
     snprintf(num, sizeof(num), "%" PRId64, m->offset);
     record_header(r, RUNTIME_DLQ_OFFSET, num);
     event_format_time(util_now_ms(), when);

@@ -53,6 +53,7 @@
 #define RUNTIME_DLQ_GROUP "dlq-group"
 #define RUNTIME_DLQ_ATTEMPTS "dlq-attempts"
 #define RUNTIME_DLQ_TOPIC "dlq-topic"
+#define RUNTIME_DLQ_PARTITION "dlq-partition"
 #define RUNTIME_DLQ_OFFSET "dlq-offset"
 #define RUNTIME_DLQ_FAILED_AT "dlq-failed-at"
 /* Suffix of dead-letter topics: "task-events" -> "task-events.dlq". */

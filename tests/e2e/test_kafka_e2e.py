@@ -447,6 +447,7 @@ def test_smtp_550_dead_letter_on_kafka_listed_and_replayed_once(system):
     assert h["dlq-group"] == "notification-email"
     assert h["dlq-topic"] == "task-events"
     assert h["dlq-offset"] == str(created["offset"])
+    assert h["dlq-partition"] == str(created["partition"])
     assert h["dlq-attempts"] == "1"  # permanent: not retried
     assert "550" in h["dlq-reason"] and "no such user" in h["dlq-reason"], h
     assert h["dlq-failed-at"].endswith("Z")
@@ -462,6 +463,7 @@ def test_smtp_550_dead_letter_on_kafka_listed_and_replayed_once(system):
     assert entry["dlq_offset"] == dead["offset"]
     assert entry["group"] == "notification-email"
     assert entry["topic"] == "task-events" and entry["offset"] == created["offset"]
+    assert entry["partition"] == created["partition"]
     assert entry["attempts"] == 1 and "550" in entry["reason"]
     assert entry["key"] == task_id
     assert json.loads(entry["value"]) == created["envelope"]
@@ -539,6 +541,7 @@ def test_a_record_that_is_not_an_envelope_is_dead_lettered_and_agents_go_on(syst
         assert d["headers"]["dlq-reason"].startswith("invalid envelope"), d["headers"]
         assert d["headers"]["dlq-topic"] == "task-events"
         assert d["headers"]["dlq-offset"] == str(original["offset"])
+        assert d["headers"]["dlq-partition"] == str(original["partition"])
         assert d["headers"]["dlq-attempts"] == "0"  # never handed to a handler
     assert system.up.poll() is None, system.up.err_lines[-20:]
     assert system.api.healthy()
