@@ -37,6 +37,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(wildcard tests/tools/*.c)
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCH_SRC := $(wildcard bench/*.c)
+BENCH_SHARED := $(wildcard bench/shared/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 PYTHON := /usr/bin/python3
 
@@ -72,9 +73,9 @@ $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libherald.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/bench/%: bench/%.c $(BUILD)/libherald.a
+$(BUILD)/bench/%: bench/%.c $(BENCH_SHARED) $(wildcard bench/shared/*.h) $(BUILD)/libherald.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Ibench -o $@ $< $(BENCH_SHARED) $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS)
 
 unit: all $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
@@ -96,7 +97,7 @@ bench: all $(BENCH_BIN) $(BUILD)/tools/kafka_mock
 	@scripts/bench.sh $(BUILD)
 
 format:
-	clang-format -i $(wildcard src/*/*.c src/*/*.h tests/*/*.c bench/*.c)
+	clang-format -i $(wildcard src/*/*.c src/*/*.h tests/*/*.c bench/*.c bench/shared/*.[ch])
 
 clean:
 	rm -rf build build-asan

@@ -28,6 +28,7 @@
 #include "common/util.h"
 #include "event/event.h"
 #include "runtime/runtime.h"
+#include "shared/task_gen.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -60,69 +61,21 @@ static void fresh_dir(const char *dir)
         die("cannot prepare", dir);
 }
 
+/* task_gen() sink: publish the batch. */
+static void produce_batch(void *arg, const bus_record *recs, size_t n)
+{
+    char err[512];
+    if (bus_produce(arg, recs, n, NULL, err, sizeof(err)) != 0)
+        die("produce", err);
+}
+
 static void publish_tasks(const bus_config *cfg, int n)
 {
     char err[512];
     bus_producer *p = bus_producer_open(cfg, err, sizeof(err));
     if (!p)
         die("producer", err);
-    enum { BATCH = 1000 };
-    bus_record *recs = xcalloc(BATCH, sizeof(*recs));
-    char **values = xcalloc(BATCH, sizeof(*values));
-    char(*keys)[EVENT_UUID_LEN + 1] = xcalloc(BATCH, sizeof(*keys));
-    bus_header(*headers)[BUS_ENVELOPE_HEADERS] = xcalloc(BATCH, sizeof(*headers));
-    char(*timebufs)[EVENT_TIME_LEN + 1] = xcalloc(BATCH, sizeof(*timebufs));
-    event *evs = xcalloc(BATCH, sizeof(*evs));
-    char due[EVENT_TIME_LEN + 1], created[EVENT_TIME_LEN + 1];
-    event_format_time(util_now_ms() + 24LL * 3600 * 1000, due);
-    event_format_time(util_now_ms(), created);
-    for (int done = 0; done < n;) {
-        int m = n - done < BATCH ? n - done : BATCH;
-        for (int i = 0; i < m; i++) {
-            event_uuid_v7(keys[i]);
-            char title[64], owner[32];
-            snprintf(title, sizeof(title), "Review quarterly report #%d", done + i);
-            snprintf(owner, sizeof(owner), "user-%d", (done + i) % 1000);
-            json_t *data =
-                json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "task_id", keys[i], "title", title,
-                          "owner_id", owner, "priority", 2, "created_at", created, "due_at", due);
-            char causation[64];
-            snprintf(causation, sizeof(causation), "api-create-%s", keys[i]);
-            if (event_build(&evs[i], "task.created", data, NULL, causation, "task-api", err,
-                            sizeof(err)) != 0)
-                die("event", err);
-            json_decref(data);
-            /* every Task API event carries a traceparent */
-            char traceparent[TRACE_PARENT_LEN + 1];
-            trace_parent_new(traceparent);
-            event_set_trace(&evs[i], traceparent, NULL);
-            size_t len;
-            values[i] = event_encode(&evs[i], &len);
-            /* the envelope headers, as the Task API writes them */
-            bus_record r = BUS_RECORD_INIT;
-            r.headers = headers[i];
-            r.header_count = bus_envelope_headers(&evs[i], headers[i], timebufs[i]);
-            r.topic = "task-events";
-            r.key = keys[i];
-            r.key_len = EVENT_UUID_LEN;
-            r.value = values[i];
-            r.value_len = len;
-            recs[i] = r;
-        }
-        if (bus_produce(p, recs, (size_t)m, NULL, err, sizeof(err)) != 0)
-            die("produce", err);
-        for (int i = 0; i < m; i++) {
-            free(values[i]);
-            event_release(&evs[i]);
-        }
-        done += m;
-    }
-    free(recs);
-    free(values);
-    free(keys);
-    free(headers);
-    free(timebufs);
-    free(evs);
+    task_gen("agents_bench", n, 1000, produce_batch, p);
     bus_producer_close(p);
 }
 

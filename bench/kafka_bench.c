@@ -65,8 +65,8 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "event/event.h"
-#include "event/tracecontext.h"
 #include "runtime/runtime.h"
+#include "shared/task_gen.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -248,69 +248,6 @@ static double cpu_seconds(pid_t pid)
 
 /* ---- the events -------------------------------------------------------- */
 
-/* n task.created records of the Task API's shape, generated batch records
- * at a time and handed to sink (which must not keep them). */
-typedef void (*record_sink)(void *arg, const bus_record *recs, size_t n);
-
-static void generate_tasks(int n, size_t batch, record_sink sink, void *arg)
-{
-    char err[512];
-    bus_record *recs = xcalloc(batch, sizeof(*recs));
-    char **values = xcalloc(batch, sizeof(*values));
-    char(*keys)[EVENT_UUID_LEN + 1] = xcalloc(batch, sizeof(*keys));
-    bus_header(*headers)[BUS_ENVELOPE_HEADERS] = xcalloc(batch, sizeof(*headers));
-    char(*timebufs)[EVENT_TIME_LEN + 1] = xcalloc(batch, sizeof(*timebufs));
-    event *evs = xcalloc(batch, sizeof(*evs));
-    char due[EVENT_TIME_LEN + 1], created[EVENT_TIME_LEN + 1];
-    event_format_time(util_now_ms() + 24LL * 3600 * 1000, due);
-    event_format_time(util_now_ms(), created);
-    for (int done = 0; done < n;) {
-        size_t m = (size_t)(n - done) < batch ? (size_t)(n - done) : batch;
-        for (size_t i = 0; i < m; i++) {
-            event_uuid_v7(keys[i]);
-            char title[64], owner[32], causation[64];
-            snprintf(title, sizeof(title), "Review quarterly report #%d", done + (int)i);
-            snprintf(owner, sizeof(owner), "user-%d", (done + (int)i) % 1000);
-            json_t *data =
-                json_pack("{s:s, s:s, s:s, s:i, s:s, s:s}", "task_id", keys[i], "title", title,
-                          "owner_id", owner, "priority", 2, "created_at", created, "due_at", due);
-            snprintf(causation, sizeof(causation), "api-create-%s", keys[i]);
-            if (event_build(&evs[i], "task.created", data, NULL, causation, "task-api", err,
-                            sizeof(err)) != 0)
-                die("event", err);
-            json_decref(data);
-            /* every Task API event carries a traceparent */
-            char traceparent[TRACE_PARENT_LEN + 1];
-            trace_parent_new(traceparent);
-            event_set_trace(&evs[i], traceparent, NULL);
-            size_t len;
-            values[i] = event_encode(&evs[i], &len);
-            size_t header_count = bus_envelope_headers(&evs[i], headers[i], timebufs[i]);
-            bus_record r = BUS_RECORD_INIT;
-            r.topic = "task-events";
-            r.key = keys[i];
-            r.key_len = EVENT_UUID_LEN;
-            r.value = values[i];
-            r.value_len = len;
-            r.headers = headers[i];
-            r.header_count = header_count;
-            recs[i] = r;
-        }
-        sink(arg, recs, m);
-        for (size_t i = 0; i < m; i++) {
-            free(values[i]);
-            event_release(&evs[i]);
-        }
-        done += (int)m;
-    }
-    free(recs);
-    free(values);
-    free(keys);
-    free(headers);
-    free(timebufs);
-    free(evs);
-}
-
 static void sink_produce(void *arg, const bus_record *recs, size_t n)
 {
     char err[512];
@@ -476,7 +413,7 @@ static void run_relay(const options *o, int run, double *relay_rate, double *pro
     if (!log || bus_outbox_ensure(log, err, sizeof(err)) != 0)
         die("outbox", err);
     int64_t t0 = util_monotonic_ns();
-    generate_tasks(o->events, (size_t)o->txn, sink_outbox, log);
+    task_gen("kafka_bench", o->events, (size_t)o->txn, sink_outbox, log);
     *fill_rate = o->events / ((double)(util_monotonic_ns() - t0) / 1e9);
     if (bus_outbox_depth(log) != o->events)
         die("outbox", "wrong depth after the fill");
@@ -515,7 +452,7 @@ static void run_relay(const options *o, int run, double *relay_rate, double *pro
     tp.p = bus_producer_open(&remote, err, sizeof(err));
     if (!tp.p)
         die("producer", err);
-    generate_tasks(o->events, (size_t)o->relay_batch, sink_timed_produce, &tp);
+    task_gen("kafka_bench", o->events, (size_t)o->relay_batch, sink_timed_produce, &tp);
     if (tp.calls < 2)
         die("produce", "too few events to time (raise --events)");
     *produce_rate = (o->events - o->relay_batch) / ((double)tp.ns / 1e9);
@@ -570,7 +507,7 @@ static void run_drain(const options *o, int run, double *drain_s, double *join_s
     bus_producer *p = bus_producer_open(&cfg, err, sizeof(err));
     if (!p)
         die("producer", err);
-    generate_tasks(o->drain_events, DRAIN_PUBLISH_BATCH, sink_produce, p);
+    task_gen("kafka_bench", o->drain_events, DRAIN_PUBLISH_BATCH, sink_produce, p);
     bus_producer_close(p);
 
     rd_kafka_t *check[DRAIN_AGENTS];

@@ -206,3 +206,15 @@ def is_sanitizer_build(path):
         return b"__asan_init" in Path(path).read_bytes()
     except OSError:
         return False
+
+
+def wait_for(what, cond, timeout=CMD_TIMEOUT, interval=0.1):
+    """Poll cond() until it returns something true; returns it.
+    AssertionError naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(interval)

@@ -14,18 +14,30 @@ fetch.wait.max.ms (KCAT_FAST has it for kcat), and wait for group
 assignments instead of sleeping.
 """
 
+import json
 import os
+import re
+import sqlite3
 import subprocess
+import time
 
 import pytest
 
-from helpers import CMD_TIMEOUT, HERALD_TOOLS, Proc, clean_env
+from helpers import CMD_TIMEOUT, HERALD_BIN, HERALD_TOOLS, Proc, clean_env
 
 KAFKA_MOCK = HERALD_TOOLS / "kafka_mock"
 
 # kcat options that make it usable against the mock: an empty Fetch there
 # is answered only after the whole fetch.wait.max.ms (default 500 ms).
 KCAT_FAST = ["-X", "fetch.wait.max.ms=5"]
+
+# herald's topics, created up front (the mock cannot create topics through the
+# admin API; see test_kafka_topics.py)
+HERALD_TOPICS = [("task-events", 3), ("notification-events", 3), ("email-events", 3),
+                 ("reminder-events", 3), ("task-events.dlq", 1)]
+
+# the consumer's log line for each assignment
+ASSIGNED = re.compile(r"kafka: (\d+) partition\(s\) assigned")
 
 
 def kafka_env(mock, extra=None):
@@ -107,3 +119,57 @@ def kafka_mock():
         yield mock
     finally:
         mock.stop()
+
+
+def outbox_depth(data_dir):
+    """Rows waiting in the outbox of data_dir's database."""
+    db = sqlite3.connect(str(data_dir / "bus.db"), timeout=30)
+    try:
+        return db.execute("SELECT count(*) FROM bus_outbox").fetchone()[0]
+    finally:
+        db.close()
+
+
+def kcat_keys(mock, topic, expect):
+    """The keys of the topic's records (task ids), read with kcat until at
+    least `expect` arrived (or CMD_TIMEOUT passed)."""
+    deadline = time.monotonic() + CMD_TIMEOUT
+    while True:
+        r = subprocess.run(["kcat", "-C", "-b", mock.bootstrap, "-t", topic, "-o", "beginning",
+                            "-e", "-q", "-f", "%k\n", *KCAT_FAST],
+                           capture_output=True, text=True, timeout=CMD_TIMEOUT)
+        keys = r.stdout.splitlines()
+        if len(keys) >= expect or time.monotonic() > deadline:
+            return keys
+        time.sleep(0.2)
+
+
+def start_audit(procs, mock, data_dir, audit_dir, extra=None):
+    """`herald agent audit` on Kafka with its own data directory (its
+    de-duplication table and outbox) writing to audit_dir."""
+    env = kafka_env(mock, {"HERALD_AUDIT_DIR": str(audit_dir), **(extra or {})})
+    p = Proc([str(HERALD_BIN), "agent", "audit"], clean_env(data_dir, env))
+    procs.adopt(p.popen)
+    return p
+
+
+def assignments(proc):
+    """The partition counts of the agent's assignments so far, in order."""
+    return [int(m.group(1)) for m in map(ASSIGNED.search, list(proc.err_lines)) if m]
+
+
+def audit_events(audit_dir):
+    """The events of the audit log, in order (complete lines only)."""
+    out = []
+    for f in sorted(audit_dir.glob("audit-*.jsonl")):
+        for line in f.read_text().splitlines():
+            rec = json.loads(line)
+            if "event" in rec:
+                out.append(rec["event"])
+    return out
+
+
+def audit_task_ids(audit_dir):
+    """task_id of every task.created line of the audit log, in order."""
+    return [e["data"]["task_id"] for e in audit_events(audit_dir)
+            if e["event_type"] == "task.created"]

@@ -25,13 +25,12 @@ import uuid
 import pytest
 
 from api_helpers import Api, wait_listening
-from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env
-from kafka_helpers import KCAT_FAST, KafkaMock, kafka_env
+from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env, wait_for
+from kafka_helpers import HERALD_TOPICS, KCAT_FAST, KafkaMock, kafka_env
 from smtp_server import WAIT_TIMEOUT, SmtpServer, _EphemeralController, _Handler
 from webhook_receiver import Request, WebhookReceiver
 
-TOPICS = [("task-events", 3), ("notification-events", 3), ("email-events", 3),
-          ("reminder-events", 3), ("task-events.dlq", 1)]
+TOPICS = HERALD_TOPICS
 DOMAIN = "example.test"
 FROM = "herald@example.test"
 DUE = "2030-01-01T08:00:00.000Z"  # far ahead: no reminder fires during the tests
@@ -44,15 +43,6 @@ def uid():
     return uuid.uuid4().hex[:12]
 
 
-def wait_for(fetch, what, timeout=WAIT):
-    """Call fetch() until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fetch()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 # ---- SMTP and webhook failures scripted per recipient / per text -------------
@@ -106,8 +96,8 @@ class KeyedSmtp(SmtpServer):
             return [m for m in self.messages if rcpt in m.rcpt_tos]
 
     def wait_mails_to(self, rcpt, n=1):
-        return wait_for(lambda: (lambda ms: ms if len(ms) >= n else None)(self.mails_to(rcpt)),
-                        f"{n} mail(s) to {rcpt}")
+        return wait_for(f"{n} mail(s) to {rcpt}",
+                        lambda: (lambda ms: ms if len(ms) >= n else None)(self.mails_to(rcpt)))
 
 
 class KeyedHook(WebhookReceiver):
@@ -127,8 +117,8 @@ class KeyedHook(WebhookReceiver):
                 if r.json and marker in r.json.get("text", "")]
 
     def wait_posts(self, marker, n=1):
-        return wait_for(lambda: (lambda ps: ps if len(ps) >= n else None)(self.posts(marker)),
-                        f"{n} Slack post(s) about {marker}")
+        return wait_for(f"{n} Slack post(s) about {marker}",
+                        lambda: (lambda ps: ps if len(ps) >= n else None)(self.posts(marker)))
 
     def _handle(self, h):
         length = int(h.headers.get("Content-Length") or 0)
@@ -253,7 +243,7 @@ class System:
         def fetch():
             rs = [r for r in self.records(topic, key, event_type) if pred is None or pred(r)]
             return rs if len(rs) >= n else None
-        return wait_for(fetch, f"{n} record(s) of {key} ({event_type or 'any'}) on {topic}")
+        return wait_for(f"{n} record(s) of {key} ({event_type or 'any'}) on {topic}", fetch)
 
     def kcat_produce(self, topic, key, value, headers=()):
         args = ["kcat", "-P", "-b", self.mock.bootstrap, "-t", topic, "-k", key]
@@ -271,8 +261,9 @@ class System:
 
     def wait_audited(self, event_ids):
         want = set(event_ids)
-        return wait_for(lambda: want <= {e.get("event_id") for e in self.audit_events()}
-                        and self.audit_events(), f"audit lines for {sorted(want)}")
+        return wait_for(f"audit lines for {sorted(want)}",
+                        lambda: want <= {e.get("event_id") for e in self.audit_events()}
+                        and self.audit_events())
 
     def audit_verify(self):
         r = self.herald("audit", "verify", "--dir", self.audit_dir)

@@ -20,85 +20,23 @@ Mock quirks (shared/KAFKA-MOCK.md): every client uses fetch.wait.max.ms=5
 and a 6 s session timeout; group joins take seconds, so the tests wait for
 conditions and never assert on speed."""
 
-import json
-import re
 import signal
-import sqlite3
-import subprocess
-import time
 from collections import Counter
 
 import pytest
 
 from api_helpers import start_api
-from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env
-from kafka_helpers import KCAT_FAST, KafkaMock, kafka_env
+from helpers import CMD_TIMEOUT, wait_for
+from kafka_helpers import (HERALD_TOPICS, KafkaMock, assignments, audit_task_ids,
+                           kafka_env, kcat_keys, outbox_depth, start_audit)
 
-TOPICS = [("task-events", 3), ("notification-events", 3), ("email-events", 3),
-          ("reminder-events", 3), ("task-events.dlq", 1)]
+TOPICS = HERALD_TOPICS
 
 # Kafka protocol API keys and error codes (the mock's `error` command)
 INIT_PRODUCER_ID, HEARTBEAT, OFFSET_COMMIT, PRODUCE = 22, 12, 8, 0
 CLUSTER_AUTHORIZATION_FAILED, FENCED_INSTANCE_ID = 31, 82
 REQUEST_TIMED_OUT, NOT_COORDINATOR, REBALANCE_IN_PROGRESS = 7, 16, 27
 TRANSPORT = -195  # librdkafka's __TRANSPORT: the mock broker drops the connection
-
-ASSIGNED = re.compile(r"kafka: (\d+) partition\(s\) assigned")
-
-
-def wait_for(what, cond, timeout=CMD_TIMEOUT, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
-
-
-def outbox_depth(data_dir):
-    db = sqlite3.connect(str(data_dir / "bus.db"), timeout=30)
-    try:
-        return db.execute("SELECT count(*) FROM bus_outbox").fetchone()[0]
-    finally:
-        db.close()
-
-
-def kcat_keys(mock, topic, expect):
-    """The keys of topic's records, read with kcat until at least `expect`
-    arrived (or CMD_TIMEOUT passed)."""
-    deadline = time.monotonic() + CMD_TIMEOUT
-    while True:
-        r = subprocess.run(["kcat", "-C", "-b", mock.bootstrap, "-t", topic, "-o", "beginning",
-                            "-e", "-q", "-f", "%k\n", *KCAT_FAST],
-                           capture_output=True, text=True, timeout=CMD_TIMEOUT)
-        keys = r.stdout.splitlines()
-        if len(keys) >= expect or time.monotonic() > deadline:
-            return keys
-        time.sleep(0.2)
-
-
-def audit_task_ids(audit_dir):
-    """task_id of every task.created line of the audit log, in order."""
-    out = []
-    for f in sorted(audit_dir.glob("audit-*.jsonl")):
-        for line in f.read_text().splitlines():
-            ev = json.loads(line).get("event", {})
-            if ev.get("event_type") == "task.created":
-                out.append(ev["data"]["task_id"])
-    return out
-
-
-def start_audit(procs, mock, data_dir, audit_dir, extra=None):
-    env = kafka_env(mock, {"HERALD_AUDIT_DIR": str(audit_dir), **(extra or {})})
-    p = Proc([str(HERALD_BIN), "agent", "audit"], clean_env(data_dir, env))
-    procs.adopt(p.popen)
-    return p
-
-
-def assignments(proc):
-    return [int(m.group(1)) for m in map(ASSIGNED.search, list(proc.err_lines)) if m]
-
 
 def error_lines(proc):
     return [line for line in list(proc.err_lines) if " ERROR " in line]

@@ -15,9 +15,7 @@ and a 6 s session timeout; group joins take seconds, so the tests wait for
 conditions (assignments, log lines, rows) and never assert on speed."""
 
 import json
-import re
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -25,11 +23,11 @@ import uuid
 from collections import Counter, defaultdict
 
 from api_helpers import start_api
-from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env
-from kafka_helpers import KCAT_FAST, KafkaMock, kafka_env
+from helpers import CMD_TIMEOUT, HERALD_BIN, clean_env, wait_for
+from kafka_helpers import (HERALD_TOPICS, KCAT_FAST, KafkaMock, assignments, audit_events,
+                           audit_task_ids, kafka_env, kcat_keys, outbox_depth, start_audit)
 
-TOPICS = [("task-events", 3), ("notification-events", 3), ("email-events", 3),
-          ("reminder-events", 3), ("task-events.dlq", 1)]
+TOPICS = HERALD_TOPICS
 
 # The Task API's and the agents' flush time limit at a stop (SHUTDOWN_GRACE_MS
 # in src/cli/cmd_api.c; bus_relay_stop(relay, 10000) in cmd_agent.c).
@@ -38,63 +36,10 @@ FLUSH_LIMIT_S = 10.0
 # message.timeout.ms (300 s); anything well below that proves the limit.
 STOP_TIMEOUT_S = FLUSH_LIMIT_S + 30.0
 
-ASSIGNED = re.compile(r"kafka: (\d+) partition\(s\) assigned")
-
-
-def wait_for(what, cond, timeout=CMD_TIMEOUT, interval=0.1):
-    """Poll cond() until it returns something true; returns it.
-    AssertionError naming `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
-
-
-def outbox_depth(data_dir):
-    db = sqlite3.connect(str(data_dir / "bus.db"), timeout=30)
-    try:
-        return db.execute("SELECT count(*) FROM bus_outbox").fetchone()[0]
-    finally:
-        db.close()
-
-
-def audit_events(audit_dir):
-    """The events of the audit log, in order (complete lines only)."""
-    out = []
-    for f in sorted(audit_dir.glob("audit-*.jsonl")):
-        for line in f.read_text().splitlines():
-            rec = json.loads(line)
-            if "event" in rec:
-                out.append(rec["event"])
-    return out
-
-
 def audit_verify(audit_dir):
     r = subprocess.run([str(HERALD_BIN), "audit", "verify", "--dir", str(audit_dir)],
                        capture_output=True, text=True, env=clean_env(), timeout=CMD_TIMEOUT)
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-def start_audit(procs, mock, data_dir, audit_dir, extra=None):
-    """`herald agent audit` on its own data directory (its de-duplication
-    table and outbox) writing to audit_dir."""
-    env = kafka_env(mock, {"HERALD_AUDIT_DIR": str(audit_dir), **(extra or {})})
-    p = Proc([str(HERALD_BIN), "agent", "audit"], clean_env(data_dir, env))
-    procs.adopt(p.popen)
-    return p
-
-
-def assignments(proc):
-    """The partition counts of the agent's assignments so far, in order."""
-    return [int(m.group(1)) for m in map(ASSIGNED.search, list(proc.err_lines)) if m]
-
-
-def logged_task_ids(audit_dir):
-    return [e["data"]["task_id"] for e in audit_events(audit_dir)
-            if e["event_type"] == "task.created"]
 
 
 class LoadClient(threading.Thread):
@@ -141,7 +86,7 @@ def test_brokers_down_during_write_load_then_up_every_acked_task_audited_once(
     load = LoadClient(api)
     load.start()
     try:
-        wait_for("tasks audited before the fault", lambda: len(logged_task_ids(audit_dir)) >= 20)
+        wait_for("tasks audited before the fault", lambda: len(audit_task_ids(audit_dir)) >= 20)
         assert mock.command("down -1") == "ok down -1"
         acked_at_down = len(load.acked)
         # the API keeps answering 201; the outbox holds what Kafka cannot take
@@ -162,7 +107,7 @@ def test_brokers_down_during_write_load_then_up_every_acked_task_audited_once(
     # the relay catches up, the audit agent logs every acknowledged task once
     wait_for("the outbox to empty", lambda: outbox_depth(data_dir) == 0)
     wait_for("every acknowledged task in the audit log",
-             lambda: set(logged_task_ids(audit_dir)) >= set(acked), timeout=2 * CMD_TIMEOUT)
+             lambda: set(audit_task_ids(audit_dir)) >= set(acked), timeout=2 * CMD_TIMEOUT)
     agent.signal(signal.SIGTERM)
     assert agent.wait() == 0
     events = audit_events(audit_dir)
@@ -171,20 +116,6 @@ def test_brokers_down_during_write_load_then_up_every_acked_task_audited_once(
     assert sorted(e["data"]["task_id"] for e in events) == sorted(acked)
     audit_verify(audit_dir)
     print(f"acked {len(acked)}, outbox at most {depth_down} while down")
-
-
-def kcat_keys(mock, topic, expect):
-    """The keys of the topic's records (task ids), read with kcat until at
-    least `expect` arrived."""
-    deadline = time.monotonic() + CMD_TIMEOUT
-    while True:
-        r = subprocess.run(["kcat", "-C", "-b", mock.bootstrap, "-t", topic, "-o", "beginning",
-                            "-e", "-q", "-f", "%k\n", *KCAT_FAST],
-                           capture_output=True, text=True, timeout=CMD_TIMEOUT)
-        keys = r.stdout.splitlines()
-        if len(keys) >= expect or time.monotonic() > deadline:
-            return keys
-        time.sleep(0.2)
 
 
 def test_kill_9_of_the_api_with_brokers_down_loses_no_acknowledged_event(
@@ -218,10 +149,10 @@ def test_kill_9_of_the_api_with_brokers_down_loses_no_acknowledged_event(
     audit_dir = tmp_path / "audit"
     agent = start_audit(procs, mock, tmp_path / "agent-data", audit_dir)
     wait_for("every acknowledged task in the audit log",
-             lambda: len(logged_task_ids(audit_dir)) >= len(acked))
+             lambda: len(audit_task_ids(audit_dir)) >= len(acked))
     agent.signal(signal.SIGTERM)
     assert agent.wait() == 0
-    assert sorted(logged_task_ids(audit_dir)) == sorted(acked)
+    assert sorted(audit_task_ids(audit_dir)) == sorted(acked)
     audit_verify(audit_dir)
     print(f"{len(keys)} records for {len(acked)} tasks")
 

@@ -15,10 +15,9 @@ import time
 
 from api_helpers import start_api
 from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env
-from kafka_helpers import KCAT_FAST, KafkaMock, kafka_env
+from kafka_helpers import HERALD_TOPICS, KCAT_FAST, KafkaMock, kafka_env
 
-TOPICS = [("task-events", 3), ("notification-events", 3), ("email-events", 3),
-          ("reminder-events", 3), ("task-events.dlq", 1)]
+TOPICS = HERALD_TOPICS
 
 
 def kcat_read(mock, topic, expect, timeout=CMD_TIMEOUT):

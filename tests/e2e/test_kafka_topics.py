@@ -34,7 +34,7 @@ import time
 import pytest
 
 from api_helpers import start_api, wait_log
-from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env
+from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env, wait_for
 from kafka_helpers import KCAT_FAST, KafkaMock, kafka_env
 
 UNSUPPORTED = "the cluster does not support it"
@@ -59,16 +59,6 @@ def kcat_values(mock, topic, expect, timeout=CMD_TIMEOUT):
         values = [line for line in r.stdout.splitlines() if line]
         if len(values) >= expect or time.monotonic() > deadline:
             return values
-        time.sleep(0.2)
-
-
-def wait_for(predicate, what, timeout=CMD_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
 
 
@@ -133,11 +123,11 @@ def test_agent_started_first_on_empty_cluster_gets_events_and_its_dlq_topic(proc
     # before it subscribes, the agent asks for both of its topics
     asked = wait_log(agent, lambda line: "cannot create topic 'task-events' and others" in line)
     assert "(5 partitions, replication factor 3)" in asked[0], asked
-    wait_for(lambda: {"task-events", "reminder-events"} <= set(cluster_topics(mock)),
-             "the agent's topics")
+    wait_for("the agent's topics",
+             lambda: {"task-events", "reminder-events"} <= set(cluster_topics(mock)))
     api = start_api(procs, data_dir, env=env)
     good = api.create(title="Quarterly report", owner_id="user-456").json["id"]
-    mails = wait_for(lambda: list((data_dir / "mail").rglob("*.eml")), "a mail")
+    mails = wait_for("a mail", lambda: list((data_dir / "mail").rglob("*.eml")))
     assert any(good in m.read_text(errors="replace") for m in mails)
     # an owner that is no mail local part is dead-lettered: the agent's
     # relay asks for task-events.dlq first, then the record is there
@@ -376,7 +366,7 @@ def test_create_topics_request_on_the_wire(procs, data_dir, admin_stub):
     agent = Proc([str(HERALD_BIN), "agent", "email", "--topic-partitions", "5"],
                  clean_env(data_dir, stub_env(admin_stub)))
     procs.adopt(agent.popen)
-    wait_for(lambda: len(admin_stub.created) >= 2, "CreateTopics")
+    wait_for("CreateTopics", lambda: len(admin_stub.created) >= 2)
     assert admin_stub.created == [("task-events", 5, 1), ("reminder-events", 5, 1)]
     wait_log(agent, lambda line: "created topic 'reminder-events' (5 partitions, replication "
                                  "factor 1)" in line)

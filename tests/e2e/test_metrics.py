@@ -12,12 +12,10 @@ SMTP and webhook latency histograms gained one sample per call. In Kafka
 mode (librdkafka's mock cluster), herald_outbox_depth shows the records
 held while every broker is down, then 0 once they are relayed."""
 
-import time
-
 from prometheus_client.parser import text_string_to_metric_families
 
 from api_helpers import start_api
-from helpers import CMD_TIMEOUT
+from helpers import wait_for
 from kafka_helpers import KafkaMock
 from smtp_server import SmtpServer
 from webhook_receiver import WebhookReceiver
@@ -79,16 +77,6 @@ def check_histograms(scrape):
             assert counts == sorted(counts), (name, key, buckets)
             assert buckets[-1][0] == float("inf"), (name, key, buckets)
             assert counts[-1] == scrape.get(name + "_count", **dict(key)), (name, key)
-
-
-def wait_for(what, predicate, timeout=CMD_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
-        time.sleep(0.1)
 
 
 def test_counters_move_by_exactly_what_the_requests_cause(procs, data_dir):

@@ -18,7 +18,7 @@ from datetime import datetime
 import pytest
 
 from api_helpers import start_api, start_server
-from helpers import CMD_TIMEOUT
+from helpers import wait_for
 from smtp_server import SmtpServer
 
 SCRIPT = r"""#!/bin/sh
@@ -36,16 +36,6 @@ def script(tmp_path):
     p.write_text(SCRIPT)
     p.chmod(0o755)
     return p
-
-
-def wait_until(what, fetch, timeout=CMD_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fetch()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
-        time.sleep(0.05)
 
 
 def occurred_ms(envelope):
@@ -86,7 +76,7 @@ def test_event_line_text(publish, procs, script):
     def line_of(event):
         return [l for l in list(agent.err_lines) if f"event_id={event['event_id']}" in l]
 
-    handled = wait_until("handled line", lambda: line_of(ok))
+    handled = wait_for("handled line", lambda: line_of(ok))
     assert len(handled) == 1, handled
     line = handled[0]
     assert " INFO  " in line
@@ -94,7 +84,7 @@ def test_event_line_text(publish, procs, script):
                  "duration_ms=", "topic=task-events", "offset=1"):
         assert f" {part}" in line, line
     assert line.endswith(" cid=req-text-ok"), line
-    dead = wait_until("dead-letter line", lambda: line_of(bad))
+    dead = wait_for("dead-letter line", lambda: line_of(bad))
     assert len(dead) == 1, dead
     assert " ERROR " in dead[0] and " outcome=dead-lettered " in dead[0], dead
     assert ' reason="exit status 3"' in dead[0] and dead[0].endswith(" cid=req-text-bad")
@@ -115,8 +105,8 @@ def test_event_line_json(publish, procs, script):
                 out.append(json.loads(l))
         return out
 
-    handled = wait_until("handled object", lambda: by_event(ok))
-    dead = wait_until("dead-letter object", lambda: by_event(bad))
+    handled = wait_for("handled object", lambda: by_event(ok))
+    dead = wait_for("dead-letter object", lambda: by_event(bad))
     stop(agent)
     # every line the process wrote is one JSON object
     objs = [json.loads(l) for l in agent.err_lines if l]
@@ -143,10 +133,10 @@ def test_log_format_is_validated(herald):
 def test_lag_counts_ok_and_stop(herald, publish, procs, script):
     first = publish("task.created", {"task_id": "t-0", "title": "x", "owner_id": "u"})
     agent = start_channel(procs, script, "chan-lag")
-    wait_until("the first event handled",
+    wait_for("the first event handled",
                lambda: any("outcome=handled" in l for l in list(agent.err_lines)))
     # caught up while running: OK, exit 0
-    rc, rows, summary = wait_until("a caught-up group", lambda: (lambda r: r if r[0] == 0 else None)(
+    rc, rows, summary = wait_for("a caught-up group", lambda: (lambda r: r if r[0] == 0 else None)(
         lag(herald, "--group", "chan-lag")))
     row = rows[("chan-lag", "task-events")]
     assert (row["committed"], row["end"], row["lag"], row["status"]) == (2, 2, 0, "OK")
@@ -210,7 +200,7 @@ def test_readyz_and_lag_stall_then_stop(herald, procs, data_dir):
         # one task delivered: every group catches up, lag says OK
         api.create(title="first", owner_id="alice")
         smtp.wait_messages(1)
-        rc, rows, _ = wait_until("every group caught up", lambda: (
+        rc, rows, _ = wait_for("every group caught up", lambda: (
             lambda r: r if r[0] == 0 and ("notification-email", "task-events") in r[1]
             else None)(lag(herald)))
         assert rows[("notification-email", "task-events")]["status"] == "OK"
@@ -219,7 +209,7 @@ def test_readyz_and_lag_stall_then_stop(herald, procs, data_dir):
         smtp.refuse("RCPT", "451 4.3.0 try again later", times=100000)
         r = api.create(title="second", owner_id="bob")
         task_id = r.json["id"]
-        r = wait_until("503 from /readyz", lambda: (
+        r = wait_for("503 from /readyz", lambda: (
             lambda x: x if x.status == 503 else None)(api.request("GET", "/readyz")))
         assert r.header("Content-Type") == "application/problem+json"
         p = r.json
@@ -241,7 +231,7 @@ def test_readyz_and_lag_stall_then_stop(herald, procs, data_dir):
             after = time.time() * 1000
             row = rows[("notification-email", "task-events")]
             return (rc, rows, row, before, after) if row["status"] != "OK" else None
-        rc, rows, row, before, after = wait_until("lag to leave OK", stalled)
+        rc, rows, row, before, after = wait_for("lag to leave OK", stalled)
         assert rc == 1 and row["status"] == "STALL", rows
         assert row["alive"] is True and row["lag"] == 1 and row["end"] == row["committed"] + 1
         lo, hi = before - occurred_ms(created), after - occurred_ms(created)
@@ -286,7 +276,7 @@ def test_lag_on_kafka_ok_then_stop(herald, procs, script):
     agent = procs.herald("agent", "exec", "--group", "chan-kafka", "--types", "task.created",
                          "--", script, env=env)
     first = pub("k-1")
-    wait_until("the event handled on Kafka",
+    wait_for("the event handled on Kafka",
                lambda: any(first["event_id"] in l and "outcome=handled" in l
                            for l in list(agent.err_lines)))
 
@@ -297,7 +287,7 @@ def test_lag_on_kafka_ok_then_stop(herald, procs, script):
         lines = [json.loads(line) for line in r.stdout.splitlines()]
         return r.returncode, lines[:-1], lines[-1]
 
-    rc, rows, summary = wait_until("a committed, caught-up row", lambda: (
+    rc, rows, summary = wait_for("a committed, caught-up row", lambda: (
         lambda r: r if r[0] == 0 and r[1] else None)(kafka_lag()))
     assert len(rows) == 1, rows  # the one partition the key went to
     row = rows[0]

@@ -17,12 +17,10 @@ bad ids and flags: exit 2 / 422."""
 
 import json
 import re
-import subprocess
-import time
 import uuid
 
 from api_helpers import assert_problem, start_api, tail_events
-from helpers import CMD_TIMEOUT
+from helpers import CMD_TIMEOUT, wait_for
 from smtp_server import SmtpServer
 from webhook_receiver import WebhookReceiver
 
@@ -31,16 +29,6 @@ CLIENT_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
 TRACESTATE = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
 VALID_TP = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-
-
-def wait_for(predicate, what, timeout=CMD_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def trace_json(herald, cid, *args):
@@ -84,7 +72,7 @@ def test_trace_of_a_request_under_herald_up(procs, data_dir, herald):
         def complete():
             t = trace_json(herald, "req-trace-1")
             return t if t["event_count"] == 5 else None
-        tree = wait_for(complete, "the five events of the request")
+        tree = wait_for("the five events of the request", complete)
         smtp.wait_messages(1)
         hook.wait_for(1)
 
@@ -290,7 +278,7 @@ def test_trace_in_kafka_mode(procs, data_dir, herald):
     def found():
         t = herald("trace", "req-kafka", "--json", env=env)
         return json.loads(t.stdout) if t.returncode == 0 else None
-    tree = wait_for(found, "the task.created in Kafka")
+    tree = wait_for("the task.created in Kafka", found)
     [root] = tree["roots"]
     assert root["event_type"] == "task.created" and tree["event_count"] == 1
     assert root["traceparent"] == r.header("traceresponse")
