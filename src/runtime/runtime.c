@@ -899,9 +899,19 @@ static int64_t backoff_ms(const agent_runtime *rt, int attempt)
     return d / 2 + (int64_t)((double)(d - d / 2) * ((double)r / 4294967296.0)) + 1;
 }
 
+/* The record in hand is no longer in retry (settled, or the runtime stops):
+ * its health shows retrying from its first failure until then, through the
+ * waits and the attempts in between. */
+static void retry_over(agent_runtime *rt)
+{
+    atomic_store_explicit(&rt->h_retrying, 0, memory_order_relaxed);
+    atomic_store_explicit(&rt->h_attempts, 0, memory_order_relaxed);
+}
+
 /* A record was settled (handled or dead-lettered): that is progress. */
 static void settled(agent_runtime *rt)
 {
+    retry_over(rt);
     progress(rt, util_now_ms());
 }
 
@@ -984,11 +994,10 @@ static int handle_with_retries(agent_runtime *rt, const bus_message *m, const ev
                        reason, delay);
         atomic_store_explicit(&rt->h_attempts, attempt, memory_order_relaxed);
         atomic_store_explicit(&rt->h_retrying, 1, memory_order_relaxed);
-        int stop = retry_wait(rt, delay);
-        atomic_store_explicit(&rt->h_retrying, 0, memory_order_relaxed);
-        atomic_store_explicit(&rt->h_attempts, 0, memory_order_relaxed);
-        if (stop)
+        if (retry_wait(rt, delay)) {
+            retry_over(rt);
             return 1;
+        }
     }
 }
 

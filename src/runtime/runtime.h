@@ -216,7 +216,8 @@ typedef struct runtime_health {
     int64_t last_progress_ms; /* last record settled, or last time it was caught up */
     int busy;                 /* has work: records in hand, one waiting for a retry,
                                  or the last round failed and will be repeated */
-    int retrying;             /* a record waits for its next attempt ... */
+    int retrying;             /* a record failed and is being retried (waiting or in
+                                 its next attempt) ... */
     int attempts;             /* ... after this many failed attempts */
     uint32_t failures;        /* rounds failed in a row (bus or database errors) */
 } runtime_health;
