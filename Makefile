@@ -20,7 +20,7 @@ SAN_FLAGS =
 OPT ?= -O2 -g
 endif
 
-PKGS = sqlite3 jansson libmicrohttpd libcrypto libcurl rdkafka
+PKGS = sqlite3 jansson libmicrohttpd nettle libcurl rdkafka
 CC ?= cc
 CFLAGS_BASE = -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 	-Wno-unused-parameter -D_GNU_SOURCE -Isrc -pthread
@@ -67,7 +67,7 @@ $(BUILD)/herald: $(CLI_OBJ) $(BUILD)/libherald.a
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libherald.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS) -lcmocka -lcrypto
 
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libherald.a
 	@mkdir -p $(dir $@)

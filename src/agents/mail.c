@@ -38,7 +38,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
+#include <nettle/base64.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -371,9 +371,9 @@ static void add_encoded(mbuf *b, const char *v, size_t col)
             take += k;
         }
         unsigned char enc[4 * ((WORD_MAX - WORD_FRAME) / 4) + 8];
-        int m = EVP_EncodeBlock(enc, p, (int)take);
+        base64_encode_raw((char *)enc, take, p);
         mbuf_adds(b, "=?UTF-8?B?");
-        mbuf_add(b, (const char *)enc, (size_t)m);
+        mbuf_add(b, (const char *)enc, BASE64_ENCODE_RAW_LENGTH(take));
         mbuf_adds(b, "?=");
         p += take;
         n -= take;

@@ -54,7 +54,7 @@
 
 #include <inttypes.h>
 #include <jansson.h>
-#include <openssl/evp.h>
+#include <nettle/sha2.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,15 +133,12 @@ void scheduler_reminder_id(const char *task_id, int64_t due_ms, char out[EVENT_U
     buf[tlen] = '\n';
     memcpy(buf + tlen + 1, due, (size_t)dlen);
 
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    int ok = EVP_Digest(buf, tlen + 1 + (size_t)dlen, md, &mdlen, EVP_sha256(), NULL);
+    unsigned char md[SHA256_DIGEST_SIZE];
+    struct sha256_ctx ctx;
+    sha256_init(&ctx);
+    sha256_update(&ctx, tlen + 1 + (size_t)dlen, buf);
+    sha256_digest(&ctx, sizeof(md), md);
     free(buf);
-    if (!ok || mdlen < 16) {
-        /* libcrypto without SHA-256 is a broken installation, not an input */
-        LOG_ERROR("cannot compute SHA-256 for a reminder id");
-        abort();
-    }
     md[6] = (unsigned char)((md[6] & 0x0f) | 0x80); /* version 8: custom */
     md[8] = (unsigned char)((md[8] & 0x3f) | 0x80); /* variant 10 */
 

@@ -15,7 +15,7 @@
 #include "trace/trace.h"
 #include "metrics/metrics.h"
 
-#include <openssl/evp.h>
+#include <nettle/sha2.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -306,19 +306,17 @@ static void invalid_fields(api_response *resp, json_t *errors)
 
 static void request_hash(const api_request *req, char out[65])
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-    EVP_DigestUpdate(ctx, req->method, strlen(req->method));
-    EVP_DigestUpdate(ctx, "\n", 1);
-    EVP_DigestUpdate(ctx, req->path, strlen(req->path));
-    EVP_DigestUpdate(ctx, "\n", 1);
+    unsigned char md[SHA256_DIGEST_SIZE];
+    struct sha256_ctx ctx;
+    sha256_init(&ctx);
+    sha256_update(&ctx, strlen(req->method), (const uint8_t *)req->method);
+    sha256_update(&ctx, 1, (const uint8_t *)"\n");
+    sha256_update(&ctx, strlen(req->path), (const uint8_t *)req->path);
+    sha256_update(&ctx, 1, (const uint8_t *)"\n");
     if (req->body_len)
-        EVP_DigestUpdate(ctx, req->body, req->body_len);
-    EVP_DigestFinal_ex(ctx, md, &len);
-    EVP_MD_CTX_free(ctx);
-    for (unsigned int i = 0; i < len && i < 32; i++)
+        sha256_update(&ctx, req->body_len, (const uint8_t *)req->body);
+    sha256_digest(&ctx, sizeof(md), md);
+    for (unsigned int i = 0; i < sizeof(md); i++)
         snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 

@@ -5,6 +5,7 @@
 #include "common/util.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,9 +158,8 @@ int util_mkdir_p(const char *path)
     return 0;
 }
 
-void util_random_bytes(void *buf, size_t len)
+static void getrandom_all(unsigned char *p, size_t len)
 {
-    unsigned char *p = buf;
     while (len > 0) {
         ssize_t n = getrandom(p, len, 0);
         if (n < 0) {
@@ -171,4 +171,44 @@ void util_random_bytes(void *buf, size_t len)
         p += n;
         len -= (size_t)n;
     }
+}
+
+/*
+ * Each thread keeps a small pool of the kernel's random bytes: ids are
+ * made several times per request, and a getrandom(2) per id cost ~4 % of
+ * the Task API's CPU. The pool is the kernel CSPRNG's own output, handed
+ * out once. A forked child drops the pool it inherited (pthread_atfork), so
+ * parent and child never hand out the same bytes.
+ */
+#define RANDOM_POOL_SIZE 256
+static _Thread_local unsigned char random_pool[RANDOM_POOL_SIZE];
+static _Thread_local size_t random_left;
+static pthread_once_t random_once = PTHREAD_ONCE_INIT;
+
+static void random_forget_in_child(void)
+{
+    random_left = 0;
+}
+
+static void random_register_fork_handler(void)
+{
+    pthread_atfork(NULL, NULL, random_forget_in_child);
+}
+
+void util_random_bytes(void *buf, size_t len)
+{
+    pthread_once(&random_once, random_register_fork_handler);
+    unsigned char *p = buf;
+    if (len > RANDOM_POOL_SIZE / 4) {
+        getrandom_all(p, len);
+        return;
+    }
+    if (random_left < len) {
+        getrandom_all(random_pool, RANDOM_POOL_SIZE);
+        random_left = RANDOM_POOL_SIZE;
+    }
+    unsigned char *from = random_pool + RANDOM_POOL_SIZE - random_left;
+    memcpy(p, from, len);
+    memset(from, 0, len); /* handed out once; nothing left to read back */
+    random_left -= len;
 }

@@ -45,8 +45,10 @@ int util_parse_duration_ms(const char *text, int64_t *out_ms);
 /* Create a directory and its parents (mode 0755); 0 or -1 with errno set. */
 int util_mkdir_p(const char *path);
 
-/* Fill buf with len bytes from the kernel's CSPRNG (getrandom); aborts if
- * the kernel cannot give them (it never fails once booted). */
+/* Fill buf with len bytes from the kernel's CSPRNG (getrandom), through a
+ * per-thread pool of 256 bytes (one getrandom per few ids; a forked child
+ * starts with an empty pool); aborts if the kernel cannot give them (it
+ * never fails once booted). Thread-safe. */
 void util_random_bytes(void *buf, size_t len);
 
 #define UTIL_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))

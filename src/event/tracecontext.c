@@ -4,7 +4,8 @@
  * Design: a traceparent is fixed-width text, so it is checked character
  * by character against the version-00 layout without any allocation; the
  * parsed form is the text itself (herald never needs the ids as numbers).
- * New ids are 24 random bytes per call from getrandom(2), retried on EINTR;
+ * New ids are 24 random bytes per call from util_random_bytes (the kernel's
+ * CSPRNG);
  * an all-zero id (probability 2^-64) is drawn again, since the spec makes
  * it invalid.
  *

@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/util.h"
 #include "event/event.h"
@@ -742,6 +744,45 @@ static void test_uuid_v7_strictly_increasing(void **state)
     assert_int_equal(random_bits_differ, 10000);
 }
 
+/* util_random_bytes hands out pooled bytes once: no two draws repeat, and
+ * a forked child does not hand out the bytes its parent will. */
+static void test_random_bytes_never_repeat(void **state)
+{
+    enum { DRAWS = 2000, LEN = 10 };
+    static unsigned char seen[DRAWS][LEN];
+    for (int i = 0; i < DRAWS; i++)
+        util_random_bytes(seen[i], (size_t)(1 + i % LEN)); /* odd sizes cross pool refills */
+    for (int i = LEN; i < DRAWS; i += LEN)
+        for (int j = i + LEN; j < DRAWS; j += LEN)
+            if (memcmp(seen[i - 1], seen[j - 1], LEN) == 0)
+                fail_msg("draws %d and %d are equal", i - 1, j - 1);
+    unsigned char big[1000];
+    util_random_bytes(big, sizeof(big)); /* past the pool's size: straight from the kernel */
+    int zeros = 0;
+    for (size_t i = 0; i < sizeof(big); i++)
+        zeros += big[i] == 0;
+    assert_true(zeros < 30);
+
+    unsigned char parent[16], child[16];
+    util_random_bytes(parent, 1); /* the pool is now partly used */
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        util_random_bytes(child, sizeof(child));
+        _exit(write(fds[1], child, sizeof(child)) == (ssize_t)sizeof(child) ? 0 : 1);
+    }
+    close(fds[1]);
+    util_random_bytes(parent, sizeof(parent));
+    assert_int_equal(read(fds[0], child, sizeof(child)), (int)sizeof(child));
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_memory_not_equal(parent, child, sizeof(parent));
+}
+
 #define UUID_THREADS 4
 #define UUID_PER_THREAD 5000
 
@@ -1231,6 +1272,7 @@ int main(void)
         cmocka_unit_test(test_type_check_refuses_without_suggestion),
         cmocka_unit_test(test_type_syntax),
         cmocka_unit_test(test_topic_for_type),
+        cmocka_unit_test(test_random_bytes_never_repeat),
         cmocka_unit_test(test_build_defaults),
         cmocka_unit_test(test_build_rejects),
         cmocka_unit_test(test_copy_is_deep),
