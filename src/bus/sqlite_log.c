@@ -28,6 +28,8 @@
  */
 #include "bus/sqlite_log.h"
 
+#include "bus/checkpointer.h"
+
 #include "common/log.h"
 #include "common/util.h"
 
@@ -49,6 +51,11 @@
 /* Checkpoint the WAL into the database every 2000 pages (16 MiB): pages
  * rewritten by many transactions are copied once. */
 #define WAL_CHECKPOINT_PAGES_TEXT "2000"
+/* With background checkpoints (bus_log_checkpoint_in_background): the
+ * thread starts past 500 pages (4 MiB; small checkpoints keep the WAL short
+ * and its fsyncs light), the writer itself only past 8000 (64 MiB). */
+#define BACKGROUND_CHECKPOINT_START_PAGES 500
+#define BACKGROUND_CHECKPOINT_HARD_PAGES 8000
 
 typedef struct topic_cache_entry {
     char *name;
@@ -67,6 +74,8 @@ struct bus_log {
     sqlite3_stmt *insert_topic;
     topic_cache_entry *topics;
     size_t topic_count;
+    int synchronous_full;
+    bus_checkpointer *checkpointer; /* NULL: SQLite's automatic checkpoints */
 };
 
 static const char *schema_sql = "CREATE TABLE IF NOT EXISTS topics("
@@ -189,6 +198,7 @@ bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen)
              cfg->synchronous_full ? "FULL" : "NORMAL");
     if (exec_sql(log->db, pragmas, err, errlen) != 0)
         goto fail;
+    log->synchronous_full = cfg->synchronous_full;
     /* Schema creation races with other processes: take the write lock. */
     if (exec_sql(log->db, "BEGIN IMMEDIATE", err, errlen) != 0)
         goto fail;
@@ -233,6 +243,7 @@ void bus_log_close(bus_log *log)
 {
     if (!log)
         return;
+    bus_checkpointer_stop(log->checkpointer);
     if (log->db && !sqlite3_get_autocommit(log->db))
         sqlite3_exec(log->db, "ROLLBACK", NULL, NULL, NULL);
     clear_topic_cache(log);
@@ -245,6 +256,34 @@ void bus_log_close(bus_log *log)
     free(log->db_path);
     free(log->notify_path);
     free(log);
+}
+
+int bus_log_checkpoint_in_background(bus_log *log, char *err, size_t errlen)
+{
+    if (log->checkpointer)
+        return 0;
+    log->checkpointer = bus_checkpointer_start(log->db, log->db_path, log->synchronous_full,
+                                               BACKGROUND_CHECKPOINT_START_PAGES,
+                                               BACKGROUND_CHECKPOINT_HARD_PAGES, err, errlen);
+    return log->checkpointer ? 0 : -1;
+}
+
+void bus_log_between_transactions(bus_log *log)
+{
+    bus_checkpointer_finish(log->checkpointer);
+}
+
+int bus_log_checkpoint_stats(bus_log *log, uint64_t *background, uint64_t *finished,
+                             uint64_t *inline_)
+{
+    if (!log->checkpointer)
+        return -1;
+    bus_checkpoint_stats st;
+    bus_checkpointer_stats(log->checkpointer, &st);
+    *background = st.background;
+    *finished = st.finished;
+    *inline_ = st.inline_;
+    return 0;
 }
 
 sqlite3 *bus_log_db(bus_log *log)

@@ -43,6 +43,25 @@ bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen);
 /* Close the connection; NULL is a no-op. A transaction left open is rolled back. */
 void bus_log_close(bus_log *log);
 
+/*
+ * Run this connection's WAL checkpoints on a thread of their own
+ * (checkpointer.h), so its commits never wait for one: for a writer whose
+ * callers wait on its commits (the Task API's store). 0, or -1 with err.
+ * Stopped by bus_log_close().
+ */
+int bus_log_checkpoint_in_background(bus_log *log, char *err, size_t errlen);
+
+/* With background checkpoints: call between two transactions, when no
+ * caller waits on this thread (the last pages of a checkpoint, see
+ * bus_checkpointer_finish). A no-op otherwise. */
+void bus_log_between_transactions(bus_log *log);
+
+/* Checkpoints run by the background thread, rests finished by the writer,
+ * and checkpoints the writer ran because the WAL passed its hard limit;
+ * -1 if checkpoints are not in the background. */
+int bus_log_checkpoint_stats(bus_log *log, uint64_t *background, uint64_t *finished,
+                             uint64_t *inline_);
+
 /* The underlying connection, for the caller's own SQL in a transaction. */
 sqlite3 *bus_log_db(bus_log *log);
 

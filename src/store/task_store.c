@@ -32,6 +32,7 @@
 #include "common/util.h"
 #include "metrics/catalog.h"
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -656,6 +657,9 @@ static void *writer_main(void *arg)
             }
             r = next;
         }
+        /* every request of the batch is answered: the moment for the
+         * writer's share of a background checkpoint */
+        bus_log_between_transactions(s->log);
         pthread_mutex_lock(&s->lock);
         if (waiting) {
             for (store_request *r = waiting; r;) {
@@ -724,6 +728,8 @@ task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
     s->bus = *cfg;
     s->log = bus_log_open(cfg, err, errlen);
     if (!s->log)
+        goto fail;
+    if (bus_log_checkpoint_in_background(s->log, err, errlen) != 0)
         goto fail;
     s->outbox = cfg->kind != BUS_SQLITE;
     s->published[STORE_CREATE] = metrics_published("task.created");
@@ -799,6 +805,11 @@ void task_store_close(task_store *s)
         pthread_mutex_unlock(&s->lock);
         pthread_join(s->writer, NULL);
     }
+    uint64_t background, finished, inline_;
+    if (s->log && bus_log_checkpoint_stats(s->log, &background, &finished, &inline_) == 0)
+        LOG_INFO("store: WAL checkpoints: %" PRIu64 " in the background, %" PRIu64
+                 " finished by the writer, %" PRIu64 " by the writer (WAL past its limit)",
+                 background, finished, inline_);
     sqlite3_finalize(s->w_get);
     sqlite3_finalize(s->w_insert);
     sqlite3_finalize(s->w_update);

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct fixture {
@@ -441,6 +442,88 @@ static void test_headers_round_trip(void **state)
     bus_consumer_close(c);
 }
 
+static long file_size(const char *dir, const char *name)
+{
+    char path[400];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/*
+ * Background checkpoints (checkpointer.h): a writer committing steadily,
+ * with another connection reading now and then, never checkpoints itself
+ * and its WAL keeps starting over: after ~40 MiB of records written it
+ * stays below SQLite's own limit of 16 MiB (and the hard one, 64 MiB).
+ * Every committed record is there afterwards.
+ */
+static void test_background_checkpoints_keep_the_wal_short(void **state)
+{
+    fixture *f = *state;
+    char err[256];
+    f->cfg.synchronous_full = 1; /* as the Task API's store: an fsync per commit */
+    bus_log *log = bus_log_open(&f->cfg, err, sizeof(err));
+    assert_non_null(log);
+    assert_int_equal(bus_log_checkpoint_in_background(log, err, sizeof(err)), 0);
+    bus_log *reader = bus_log_open(&f->cfg, err, sizeof(err));
+    assert_non_null(reader);
+    char value[2000];
+    memset(value, 'v', sizeof(value) - 1);
+    value[sizeof(value) - 1] = '\0';
+    enum { COMMITS = 2000, PER_COMMIT = 10 };
+    long wal_max = 0;
+    for (int i = 0; i < COMMITS; i++) {
+        bus_record recs[PER_COMMIT];
+        char keys[PER_COMMIT][16];
+        for (int j = 0; j < PER_COMMIT; j++) {
+            snprintf(keys[j], sizeof(keys[j]), "k%d", i * PER_COMMIT + j);
+            recs[j] = rec("ckpt", keys[j], value);
+        }
+        assert_int_equal(bus_log_begin(log, err, sizeof(err)), 0);
+        assert_int_equal(bus_log_append(log, recs, PER_COMMIT, NULL, err, sizeof(err)), 0);
+        assert_int_equal(bus_log_commit(log, err, sizeof(err)), 0);
+        bus_log_between_transactions(log);
+        if (i % 100 == 0) {
+            /* a reader's short transaction, as consumers make */
+            sqlite3_stmt *st;
+            assert_int_equal(sqlite3_prepare_v2(bus_log_db(reader), "SELECT count(*) FROM topics",
+                                                -1, &st, NULL),
+                             SQLITE_OK);
+            assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+            sqlite3_finalize(st);
+        }
+        long wal = file_size(f->dir, BUS_LOG_FILE "-wal");
+        if (wal > wal_max)
+            wal_max = wal;
+    }
+    uint64_t background = 0, finished = 0, by_writer = 0;
+    assert_int_equal(bus_log_checkpoint_stats(log, &background, &finished, &by_writer), 0);
+    print_message("WAL at most %ld bytes; checkpoints: %llu background, %llu finished by the "
+                  "writer, %llu by the writer\n",
+                  wal_max, (unsigned long long)background, (unsigned long long)finished,
+                  (unsigned long long)by_writer);
+    assert_true(background > 0);
+    assert_true(finished > 0);
+    assert_int_equal(by_writer, 0);
+    assert_true(wal_max < 16L * 1024 * 1024);
+    bus_log_close(reader);
+    bus_log_close(log);
+
+    log = bus_log_open(&f->cfg, err, sizeof(err));
+    assert_non_null(log);
+    sqlite3_stmt *st;
+    int64_t id = bus_log_topic_id(log, "ckpt", 0, err, sizeof(err));
+    char table[32], sql[96];
+    bus_log_topic_table(id, table, sizeof(table));
+    snprintf(sql, sizeof(sql), "SELECT count(*), max(id) FROM %s", table);
+    assert_int_equal(sqlite3_prepare_v2(bus_log_db(log), sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), COMMITS * PER_COMMIT);
+    assert_int_equal(sqlite3_column_int(st, 1), COMMITS * PER_COMMIT);
+    sqlite3_finalize(st);
+    bus_log_close(log);
+}
+
 static void age_events(fixture *f, const char *topic, int64_t upto, int64_t by_ms)
 {
     char err[256], sql[256], table[32];
@@ -751,6 +834,8 @@ int main(void)
     log_threshold = LOG_LEVEL_ERROR;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_offsets_are_dense_and_returned, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_background_checkpoints_keep_the_wal_short, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_batch_is_atomic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_inside_callers_transaction, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_group_gets_every_event, setup, teardown),
