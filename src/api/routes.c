@@ -29,7 +29,7 @@
 
 static char *dump(json_t *v)
 {
-    char *s = json_dumps(v, JSON_COMPACT);
+    char *s = event_json_dump(v, NULL);
     json_decref(v);
     return s;
 }
@@ -58,7 +58,7 @@ int api_correlation_id_valid(const char *v)
     for (; v[n]; n++)
         if ((unsigned char)v[n] < 0x20 || (unsigned char)v[n] > 0x7e)
             return 0;
-    return n >= 1 && n <= 128;
+    return n >= 1 && n <= API_CORRELATION_ID_MAX;
 }
 
 static size_t utf8_length(const char *s)

@@ -110,9 +110,12 @@ void api_readyz(const api_request *req, api_ready_fn fn, void *arg, api_response
  */
 const char *api_route_template(const char *path);
 
+/* Longest X-Correlation-ID accepted, in characters. */
+#define API_CORRELATION_ID_MAX 128
+
 /*
- * Validate an X-Correlation-ID value: 1..128 printable ASCII characters.
- * Returns 1 if valid.
+ * Validate an X-Correlation-ID value: 1..API_CORRELATION_ID_MAX printable
+ * ASCII characters. Returns 1 if valid.
  */
 int api_correlation_id_valid(const char *value);
 

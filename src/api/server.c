@@ -81,11 +81,15 @@ struct api_server {
 
 typedef struct request_ctx {
     int64_t start_ns;
-    char correlation_id[EVENT_REF_ID_MAX + 1];
+    /* Per-request allocations stay under 1 KiB, so malloc serves them from
+     * its per-thread cache: the correlation id has at most 128 characters
+     * (api_correlation_id_valid) and a tracestate (rare) is malloc'd. */
+    char correlation_id[API_CORRELATION_ID_MAX + 1];
     char traceparent[TRACE_PARENT_LEN + 1]; /* this request's span */
-    char tracestate[TRACE_STATE_MAX + 1];   /* "" if none kept */
+    char *tracestate;                       /* NULL if none kept */
     char *body;
     size_t len, cap;
+    size_t expected; /* Content-Length (<= API_MAX_BODY), 0 if not sent */
     int too_large;
     size_t discarded; /* bytes dropped after the body went over the limit */
     int answered;
@@ -115,6 +119,7 @@ static void free_ctx(request_ctx *ctx)
         free(ignored.body);
     }
     free(ctx->trace_resp.body);
+    free(ctx->tracestate);
     free(ctx->body);
     free(ctx);
 }
@@ -238,7 +243,7 @@ static void start_span(struct MHD_Connection *conn, request_ctx *ctx)
                0) {
         trace_parent_child(parent, ctx->traceparent);
         if (!t.state_overflow && trace_state_valid(t.state, t.state_len))
-            memcpy(ctx->tracestate, t.state, t.state_len + 1);
+            ctx->tracestate = xstrdup(t.state);
         else if (t.state_len || t.state_overflow)
             LOG_DEBUG_CID(ctx->correlation_id,
                           "tracestate dropped: over %d characters or not printable ASCII",
@@ -394,12 +399,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         start_span(conn, ctx);
         const char *cl =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl && strtoull(cl, NULL, 10) > API_MAX_BODY) {
+        unsigned long long announced = cl ? strtoull(cl, NULL, 10) : 0;
+        if (announced > API_MAX_BODY) {
             /* answer before reading the body; MHD closes the connection */
             api_response resp = {0};
             too_large(&resp);
             return send_response(conn, ctx, method, url, &resp);
         }
+        ctx->expected = (size_t)announced;
         return MHD_YES;
     }
     if (ctx->trace_deferred) {
@@ -443,7 +450,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_YES;
         }
         if (ctx->len + n + 1 > ctx->cap) {
-            ctx->cap = ctx->len + n + 1 < 4096 ? 4096 : (ctx->len + n + 1) * 2;
+            /* the announced length at once (checked against the limit on
+             * the first call), else doubling from 1000 bytes */
+            size_t want = ctx->len + n + 1;
+            ctx->cap = ctx->expected + 1 >= want ? ctx->expected + 1
+                       : want < 1000             ? 1000
+                                                 : want * 2;
             ctx->body = xrealloc(ctx->body, ctx->cap);
         }
         memcpy(ctx->body + ctx->len, upload_data, n);
@@ -467,7 +479,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     req->idempotency_key = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Idempotency-Key");
     req->correlation_id = ctx->correlation_id;
     req->traceparent = ctx->traceparent;
-    req->tracestate = ctx->tracestate[0] ? ctx->tracestate : NULL;
+    req->tracestate = ctx->tracestate;
     req->body = ctx->body;
     req->body_len = ctx->len;
     api_response resp = {0};

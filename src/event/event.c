@@ -848,18 +848,36 @@ json_t *event_to_json(const event *ev)
     return root;
 }
 
+#define JSON_DUMP_STACK 4096
+
+char *event_json_dump(const json_t *v, size_t *len_out)
+{
+    char stack[JSON_DUMP_STACK];
+    size_t n = json_dumpb(v, stack, sizeof(stack), JSON_COMPACT);
+    char *text;
+    if (n > 0 && n <= sizeof(stack)) {
+        text = xmalloc(n + 1);
+        memcpy(text, stack, n);
+        text[n] = '\0';
+    } else {
+        text = json_dumps(v, JSON_COMPACT);
+        if (!text) {
+            /* Only possible if jansson cannot allocate. */
+            fprintf(stderr, "herald: out of memory encoding JSON\n");
+            abort();
+        }
+        n = strlen(text);
+    }
+    if (len_out)
+        *len_out = n;
+    return text;
+}
+
 char *event_encode(const event *ev, size_t *len_out)
 {
     json_t *root = event_to_json(ev);
-    char *text = json_dumps(root, JSON_COMPACT);
+    char *text = event_json_dump(root, len_out);
     json_decref(root);
-    if (!text) {
-        /* Only possible if jansson cannot allocate. */
-        fprintf(stderr, "herald: out of memory encoding an event\n");
-        abort();
-    }
-    if (len_out)
-        *len_out = strlen(text);
     return text;
 }
 
