@@ -20,7 +20,8 @@ typedef struct api_server api_server;
  * and serve the Task API from store (borrowed; must outlive the server).
  * Returns NULL with err filled on failure (bad address, port in use, ...).
  */
-api_server *api_server_start(const char *listen, task_store *store, char *err, size_t errlen);
+api_server *api_server_start(const char *listen, task_store *store, int use_epoll, char *err,
+                             size_t errlen);
 
 /*
  * Serve GET /readyz with fn(arg) (see api_readyz() in routes.h); until this

@@ -140,7 +140,7 @@ static int run_api(const char *cmd, const char *usage, int argc, char **argv, he
     }
     if (agents)
         agent_runner_on_fatal(agents, cli_fatal_stop, NULL);
-    srv = api_server_start(cfg->listen, store, err, sizeof(err));
+    srv = api_server_start(cfg->listen, store, cfg->http_epoll, err, sizeof(err));
     if (!srv) {
         fprintf(stderr, "herald %s: %s\n", cmd, err);
         goto out;

@@ -71,6 +71,17 @@ static int set_sync(herald_config *cfg, const char *v, char *err, size_t errlen)
     return 0;
 }
 
+static int set_http_poller(herald_config *cfg, const char *v, char *err, size_t errlen)
+{
+    if (strcmp(v, "poll") == 0)
+        cfg->http_epoll = 0;
+    else if (strcmp(v, "epoll") == 0)
+        cfg->http_epoll = 1;
+    else
+        return util_error(err, errlen, "must be 'poll' or 'epoll', not '%s'", v);
+    return 0;
+}
+
 static int set_log_level(herald_config *cfg, const char *v, char *err, size_t errlen)
 {
     if (log_set_level_name(v) != 0)
@@ -329,6 +340,10 @@ static const setting settings[] = {
      "log lines on stderr: 'text', or 'json' (one JSON object per line)", set_log_format},
     {"listen", "HERALD_LISTEN", "127.0.0.1:8080",
      "HOST:PORT the Task API listens on (port 0: any free port)", set_listen},
+    {"http-poller", "HERALD_HTTP_POLLER", "poll",
+     "how the Task API's threads wait for their connections: 'poll' (least CPU per request "
+     "with up to a few hundred connections) or 'epoll' (for thousands)",
+     set_http_poller},
     {"smtp-url", "HERALD_SMTP_URL", "",
      "smtp:// or smtps:// server for mail; empty: write .eml files to DATA_DIR/mail", set_smtp_url},
     {"smtp-from", "HERALD_SMTP_FROM", "herald@localhost", "sender address of every mail",

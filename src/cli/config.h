@@ -50,11 +50,12 @@ typedef struct herald_config {
     int topic_replication;  /* HERALD_TOPIC_REPLICATION, --topic-replication; 0: auto */
     int topic_create;       /* HERALD_TOPIC_CREATE (0 or 1), --no-create-topics */
     int64_t stall_after_ms; /* HERALD_STALL_AFTER: /readyz and `herald lag` */
+    int http_epoll;         /* HERALD_HTTP_POLLER, --http-poller: epoll (1) or poll (0) */
 } herald_config;
 
 /* clang-format off */
 #define HERALD_CONFIG_INIT {NULL, NULL, 0, 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
-                           NULL, NULL, 0, 0, 0, 0, 0, NULL, 0, 0, 0, 1, 0}
+                           NULL, NULL, 0, 0, 0, 0, 0, NULL, 0, 0, 0, 1, 0, 0}
 /* clang-format on */
 
 /* Fill cfg with the defaults, then apply the environment. 0 or -1 + err. */

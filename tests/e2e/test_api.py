@@ -275,6 +275,37 @@ def test_concurrent_if_match_one_winner(api):
     assert [e["event_type"] for e in api.events(tid)] == ["task.created", "task.updated"]
 
 
+@pytest.mark.parametrize("poller", ["poll", "epoll"])
+def test_pollers_answer_concurrent_changes(procs, data_dir, poller):
+    """HERALD_HTTP_POLLER (poll by default, epoll for thousands of
+    connections): both answer changes from 16 clients at once, each after
+    its group commit, and every task and its event are there."""
+    api = start_api(procs, data_dir, env={"HERALD_HTTP_POLLER": poller})
+    statuses, ids = [], []
+
+    def create(i):
+        r = api.create(title=f"task {i}", owner_id=f"poller-{poller}")
+        statuses.append(r.status)
+        ids.append(r.json["id"])
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [201] * 16
+    listed = api.get(f"/tasks?owner_id=poller-{poller}&limit=100").json["tasks"]
+    assert sorted(t["id"] for t in listed) == sorted(ids)
+    for tid in ids:
+        assert [e["event_type"] for e in api.events(tid)] == ["task.created"]
+
+
+def test_bad_poller_exits_2(herald):
+    r = herald("api", "--http-poller", "select")
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "--http-poller" in r.stderr and "select" in r.stderr, r.stderr
+
+
 def test_complete_twice_publishes_once(api, data_dir):
     tid = api.create(title="finish me", owner_id="erin").json["id"]
     r = api.request("POST", f"/tasks/{tid}/complete", headers={"X-Correlation-ID": "req-done"})

@@ -37,6 +37,7 @@ static void test_defaults(void **state)
     assert_string_equal(cfg.bus_url, "sqlite");
     assert_int_equal(cfg.retention_ms, 7LL * 86400 * 1000);
     assert_int_equal(cfg.sync_full, 1);
+    assert_int_equal(cfg.http_epoll, 0);
     bus_config bus;
     assert_int_equal(config_bus(&cfg, "test", &bus, err, sizeof(err)), 0);
     assert_string_equal(bus.data_dir, "./herald-data");
@@ -61,6 +62,8 @@ static void test_environment_then_flags(void **state)
     assert_string_equal(cfg.data_dir, "/tmp/y");
     assert_int_equal(config_set(&cfg, "retention", "0", err, sizeof(err)), 0);
     assert_int_equal(cfg.retention_ms, 0);
+    assert_int_equal(config_set(&cfg, "http-poller", "epoll", err, sizeof(err)), 0);
+    assert_int_equal(cfg.http_epoll, 1);
     assert_int_equal(config_set(&cfg, "no-such-setting", "1", err, sizeof(err)), 1);
     config_release(&cfg);
     clear_env();
@@ -86,6 +89,8 @@ static void test_bad_values_name_the_variable(void **state)
     assert_int_equal(config_load(&cfg, err, sizeof(err)), 0);
     assert_int_equal(config_set(&cfg, "sync", "sometimes", err, sizeof(err)), -1);
     assert_non_null(strstr(err, "--sync"));
+    assert_int_equal(config_set(&cfg, "http-poller", "select", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "--http-poller"));
     assert_int_equal(config_set(&cfg, "log-level", "loud", err, sizeof(err)), -1);
     assert_non_null(strstr(err, "loud"));
     assert_int_equal(config_set(&cfg, "data-dir", "", err, sizeof(err)), -1);
