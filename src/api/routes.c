@@ -321,7 +321,7 @@ static void request_hash(const api_request *req, char out[65])
 }
 
 /* Idempotency-Key: 1..255 printable ASCII. Returns 0, or -1 with resp. */
-static int use_idempotency_key(const api_request *req, store_request *sr, char hash[65],
+static int use_idempotency_key(const api_request *req, store_request *sr, char **hash,
                                api_response *resp)
 {
     if (!req->idempotency_key)
@@ -339,9 +339,10 @@ static int use_idempotency_key(const api_request *req, store_request *sr, char h
         invalid_fields(resp, errors);
         return -1;
     }
-    request_hash(req, hash);
+    *hash = xmalloc(65);
+    request_hash(req, *hash);
     sr->idempotency_key = k;
-    sr->request_hash = hash;
+    sr->request_hash = *hash;
     return 0;
 }
 
@@ -450,7 +451,7 @@ struct api_pending {
     store_request sr;
     json_t *body;  /* the parsed request body: sr.input borrows its strings */
     json_t *patch; /* update: the validated changes */
-    char hash[65];
+    char *hash;    /* with an Idempotency-Key (malloc'd) */
 };
 
 static api_pending *pending_new(store_op op, const api_request *req)
@@ -469,6 +470,7 @@ static void pending_free(api_pending *p)
     json_decref(p->body);
     json_decref(p->patch);
     store_request_release(&p->sr);
+    free(p->hash);
     free(p);
 }
 
@@ -534,7 +536,7 @@ static api_pending *create_task(const api_request *req, api_response *resp)
     }
     json_decref(errors);
     errors = NULL;
-    if (use_idempotency_key(req, sr, p->hash, resp) != 0)
+    if (use_idempotency_key(req, sr, &p->hash, resp) != 0)
         goto refused;
     event_uuid_v7(sr->task_id);
     sr->render = render_created;
@@ -596,7 +598,7 @@ static api_pending *simple_change(const api_request *req, const char *id, store_
                                   api_response *resp)
 {
     api_pending *p = pending_new(op, req);
-    if (op == STORE_COMPLETE && use_idempotency_key(req, &p->sr, p->hash, resp) != 0) {
+    if (op == STORE_COMPLETE && use_idempotency_key(req, &p->sr, &p->hash, resp) != 0) {
         pending_free(p);
         return NULL;
     }

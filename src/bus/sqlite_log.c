@@ -72,6 +72,9 @@ struct bus_log {
     int64_t busy_started_ns;
     sqlite3_stmt *select_topic;
     sqlite3_stmt *insert_topic;
+    /* BEGIN IMMEDIATE / COMMIT / ROLLBACK, prepared once: sqlite3_exec()
+     * parses its text on every call (a parser allocation of several KiB) */
+    sqlite3_stmt *begin, *commit, *rollback;
     topic_cache_entry *topics;
     size_t topic_count;
     int synchronous_full;
@@ -212,7 +215,10 @@ bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen)
     if (prepare(log, "SELECT id FROM topics WHERE name = ?1", &log->select_topic, err, errlen) !=
             0 ||
         prepare(log, "INSERT INTO topics(name, created_ms) VALUES(?1, ?2)", &log->insert_topic, err,
-                errlen) != 0)
+                errlen) != 0 ||
+        prepare(log, "BEGIN IMMEDIATE", &log->begin, err, errlen) != 0 ||
+        prepare(log, "COMMIT", &log->commit, err, errlen) != 0 ||
+        prepare(log, "ROLLBACK", &log->rollback, err, errlen) != 0)
         goto fail;
 
     log->notify_fd = open(log->notify_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
@@ -250,6 +256,9 @@ void bus_log_close(bus_log *log)
     free(log->topics);
     sqlite3_finalize(log->select_topic);
     sqlite3_finalize(log->insert_topic);
+    sqlite3_finalize(log->begin);
+    sqlite3_finalize(log->commit);
+    sqlite3_finalize(log->rollback);
     sqlite3_close_v2(log->db);
     if (log->notify_fd >= 0)
         close(log->notify_fd);
@@ -306,10 +315,18 @@ int bus_log_in_transaction(bus_log *log)
     return !sqlite3_get_autocommit(log->db);
 }
 
+/* Run a prepared statement that returns no rows: SQLITE_OK or the error. */
+static int run_prepared(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 int bus_log_begin(bus_log *log, char *err, size_t errlen)
 {
     log->appended = 0;
-    if (sqlite3_exec(log->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+    if (run_prepared(log->begin) != SQLITE_OK)
         return util_error(err, errlen, "cannot begin a transaction on '%s': %s", log->db_path,
                           sqlite3_errmsg(log->db));
     return 0;
@@ -329,7 +346,7 @@ void bus_log_notify(bus_log *log)
 
 int bus_log_commit(bus_log *log, char *err, size_t errlen)
 {
-    if (sqlite3_exec(log->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+    if (run_prepared(log->commit) != SQLITE_OK) {
         util_error(err, errlen, "cannot commit to '%s': %s", log->db_path, sqlite3_errmsg(log->db));
         bus_log_rollback(log);
         return -1;
@@ -343,7 +360,7 @@ int bus_log_commit(bus_log *log, char *err, size_t errlen)
 void bus_log_rollback(bus_log *log)
 {
     if (!sqlite3_get_autocommit(log->db))
-        sqlite3_exec(log->db, "ROLLBACK", NULL, NULL, NULL);
+        run_prepared(log->rollback);
     log->appended = 0;
     /* Topics created in the transaction may not exist any more. */
     clear_topic_cache(log);

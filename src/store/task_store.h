@@ -81,7 +81,8 @@ typedef struct store_request {
     char event_id[EVENT_UUID_LEN + 1]; /* DONE: the published event */
     char *replay_body;                 /* REPLAYED: the stored response body (owned) */
     int replay_status;
-    char err[256];
+    char err[160]; /* STORE_FAILED: why (the 500's detail); sized so that a
+                      request stays under 1 KiB (malloc's small bins) */
     /* ---- private to the store ---- */
     int done_;
     void (*on_done_)(struct store_request *req, void *arg);
