@@ -428,9 +428,9 @@ static int store_failure(const store_request *sr, api_response *resp)
 static json_t *created_body(const task *t)
 {
     json_t *o = json_object();
-    json_object_set_new(o, "id", json_string(t->id));
-    json_object_set_new(o, "status", json_string("created"));
-    json_object_set_new(o, "task", task_to_json(t));
+    json_object_set_new_nocheck(o, "id", json_string(t->id));
+    json_object_set_new_nocheck(o, "status", json_string_nocheck("created"));
+    json_object_set_new_nocheck(o, "task", task_to_json(t));
     return o;
 }
 

@@ -20,24 +20,27 @@ static json_t *time_or_null(int64_t ms)
         return json_null();
     char buf[EVENT_TIME_LEN + 1];
     event_format_time(ms, buf);
-    return json_string(buf);
+    return json_string_nocheck(buf); /* ASCII */
 }
 
+/* Keys, status and times are ASCII of ours (jansson's UTF-8 check
+ * skipped); the task's own strings are checked, since they come from the
+ * database. */
 json_t *task_to_json(const task *t)
 {
     json_t *o = json_object();
-    json_object_set_new(o, "id", json_string(t->id));
-    json_object_set_new(o, "title", json_string(t->title ? t->title : ""));
-    json_object_set_new(o, "description",
-                        t->description ? json_string(t->description) : json_null());
-    json_object_set_new(o, "owner_id", json_string(t->owner_id ? t->owner_id : ""));
-    json_object_set_new(o, "priority", json_integer(t->priority));
-    json_object_set_new(o, "status", json_string(task_status_name(t)));
-    json_object_set_new(o, "due_at", time_or_null(t->due_ms));
-    json_object_set_new(o, "created_at", time_or_null(t->created_ms));
-    json_object_set_new(o, "updated_at", time_or_null(t->updated_ms));
-    json_object_set_new(o, "completed_at", time_or_null(t->completed_ms));
-    json_object_set_new(o, "version", json_integer(t->version));
+    json_object_set_new_nocheck(o, "id", json_string(t->id));
+    json_object_set_new_nocheck(o, "title", json_string(t->title ? t->title : ""));
+    json_object_set_new_nocheck(o, "description",
+                                t->description ? json_string(t->description) : json_null());
+    json_object_set_new_nocheck(o, "owner_id", json_string(t->owner_id ? t->owner_id : ""));
+    json_object_set_new_nocheck(o, "priority", json_integer(t->priority));
+    json_object_set_new_nocheck(o, "status", json_string_nocheck(task_status_name(t)));
+    json_object_set_new_nocheck(o, "due_at", time_or_null(t->due_ms));
+    json_object_set_new_nocheck(o, "created_at", time_or_null(t->created_ms));
+    json_object_set_new_nocheck(o, "updated_at", time_or_null(t->updated_ms));
+    json_object_set_new_nocheck(o, "completed_at", time_or_null(t->completed_ms));
+    json_object_set_new_nocheck(o, "version", json_integer(t->version));
     return o;
 }
 

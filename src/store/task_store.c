@@ -199,7 +199,7 @@ static void set_time(json_t *o, const char *key, int64_t ms)
 {
     char buf[EVENT_TIME_LEN + 1];
     event_format_time(ms, buf);
-    json_object_set_new(o, key, json_string(buf));
+    json_object_set_new_nocheck(o, key, json_string_nocheck(buf)); /* ASCII */
 }
 
 static int append_event(task_store *s, store_request *req, const event *ev, const char *value,
@@ -265,10 +265,10 @@ static int append_event(task_store *s, store_request *req, const event *ev, cons
 static json_t *task_summary(const task *t)
 {
     json_t *d = json_object();
-    json_object_set_new(d, "task_id", json_string(t->id));
-    json_object_set_new(d, "title", json_string(t->title));
-    json_object_set_new(d, "owner_id", json_string(t->owner_id));
-    json_object_set_new(d, "priority", json_integer(t->priority));
+    json_object_set_new_nocheck(d, "task_id", json_string(t->id));
+    json_object_set_new_nocheck(d, "title", json_string(t->title));
+    json_object_set_new_nocheck(d, "owner_id", json_string(t->owner_id));
+    json_object_set_new_nocheck(d, "priority", json_integer(t->priority));
     return d;
 }
 
@@ -287,7 +287,7 @@ static json_t *created_data(const task *t)
 {
     json_t *data = task_summary(t);
     if (t->description)
-        json_object_set_new(data, "description", json_string(t->description));
+        json_object_set_new_nocheck(data, "description", json_string(t->description));
     if (t->due_ms)
         set_time(data, "due_at", t->due_ms);
     set_time(data, "created_at", t->created_ms);
