@@ -22,9 +22,9 @@
  *
  * Threads: a pool of threads (one per core) serves every connection, each
  * waiting on its connections with poll(2) (HERALD_HTTP_POLLER=poll, the
- * default) or epoll. poll costs ~10 % less CPU per request here: a
- * suspend and resume is no epoll_ctl pair and a request no extra read
- * that only says EAGAIN; epoll scales better to thousands of connections.
+ * default) or epoll. poll cost ~10 % less CPU per request at 32
+ * connections (a suspend and resume is then no epoll_ctl pair); epoll
+ * scales better to thousands of connections.
  * A change is never waited for on those threads: the connection is
  * suspended, the request goes to the store's queue, and the store's writer
  * resumes the connection once the batch holding it is committed; MHD then

@@ -159,10 +159,12 @@ def assignments(proc):
 
 
 def audit_events(audit_dir):
-    """The events of the audit log, in order (complete lines only)."""
+    """The events of the audit log, in order (complete lines only: a line
+    the agent is writing right now, or that a killed agent left half
+    written, has no newline yet and is skipped)."""
     out = []
     for f in sorted(audit_dir.glob("audit-*.jsonl")):
-        for line in f.read_text().splitlines():
+        for line in f.read_text().split("\n")[:-1]:
             rec = json.loads(line)
             if "event" in rec:
                 out.append(rec["event"])

@@ -26,7 +26,7 @@ import pytest
 
 from api_helpers import Api, wait_listening
 from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env, wait_for
-from kafka_helpers import HERALD_TOPICS, KCAT_FAST, KafkaMock, kafka_env
+from kafka_helpers import HERALD_TOPICS, KCAT_FAST, KafkaMock, audit_events, kafka_env
 from smtp_server import WAIT_TIMEOUT, SmtpServer, _EphemeralController, _Handler
 from webhook_receiver import Request, WebhookReceiver
 
@@ -256,8 +256,7 @@ class System:
     # ---- audit ----
 
     def audit_events(self):
-        return [json.loads(line)["event"] for f in sorted(self.audit_dir.glob("audit-*.jsonl"))
-                for line in f.read_text().splitlines() if line.strip()]
+        return audit_events(self.audit_dir)
 
     def wait_audited(self, event_ids):
         want = set(event_ids)

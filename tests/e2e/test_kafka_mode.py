@@ -15,7 +15,7 @@ import time
 
 from api_helpers import start_api
 from helpers import CMD_TIMEOUT, HERALD_BIN, Proc, clean_env
-from kafka_helpers import HERALD_TOPICS, KCAT_FAST, KafkaMock, kafka_env
+from kafka_helpers import HERALD_TOPICS, KCAT_FAST, KafkaMock, audit_events, kafka_env
 
 TOPICS = HERALD_TOPICS
 
@@ -100,8 +100,7 @@ def test_audit_agent_consumes_from_kafka_including_kcat_records(procs, data_dir,
     deadline = time.monotonic() + CMD_TIMEOUT
     logged = []
     while time.monotonic() < deadline:
-        files = sorted(audit_dir.glob("audit-*.jsonl"))
-        logged = [json.loads(line)["event"] for f in files for line in f.read_text().splitlines()]
+        logged = audit_events(audit_dir)
         if len(logged) >= 4:
             break
         time.sleep(0.2)
@@ -120,15 +119,12 @@ def test_audit_agent_consumes_from_kafka_including_kcat_records(procs, data_dir,
     api.create(title="after restart")
     deadline = time.monotonic() + CMD_TIMEOUT
     while time.monotonic() < deadline:
-        lines = [line for f in sorted(audit_dir.glob("audit-*.jsonl"))
-                 for line in f.read_text().splitlines()]
-        if len(lines) >= 5:
+        if len(audit_events(audit_dir)) >= 5:
             break
         time.sleep(0.2)
     time.sleep(1.0)
-    lines = [json.loads(line)["event"]["event_id"] for f in sorted(audit_dir.glob("audit-*.jsonl"))
-             for line in f.read_text().splitlines()]
-    assert len(lines) == 5 and len(set(lines)) == 5
+    ids = [e["event_id"] for e in audit_events(audit_dir)]
+    assert len(ids) == 5 and len(set(ids)) == 5
 
 
 def test_bad_kafka_settings_are_usage_errors(herald):
