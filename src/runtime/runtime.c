@@ -81,8 +81,11 @@
 #include <unistd.h>
 
 #define DEFAULT_MAX_BATCH 256
-/* Page cache of an agent's connection, in KiB. */
-#define RUNTIME_CACHE_KIB_TEXT "1024"
+/* Page cache of an agent's connection, in KiB: agents read the log
+ * forward (pages come from the OS's cache); 512 instead of 1024 lowered
+ * herald up's peak by ~0.35 MiB, the audit agent stayed at ~150,000+
+ * events/s. */
+#define RUNTIME_CACHE_KIB_TEXT "512"
 /* Longest wait in one poll when no timer is pending (stop wakes it anyway). */
 #define IDLE_POLL_MS 5000
 /* Longest Retry-After honoured, and the delay after a failed round. */
