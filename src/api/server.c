@@ -567,7 +567,7 @@ api_server *api_server_start(const char *listen, task_store *store, int use_epol
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     /* one core is the store writer's: on 2 cores one HTTP thread gave more
-     * requests/s than two in 8 of 8 interleaved runs (+6 % median) */
+     * requests/s than two in 7 of 8 interleaved runs (+6 % median) */
     unsigned pool = cores <= 2                     ? 1
                     : cores - 1 > MAX_POOL_THREADS ? MAX_POOL_THREADS
                                                    : (unsigned)(cores - 1);
