@@ -1,9 +1,9 @@
 /*
  * server.h - the Task API's HTTP/1.1 server on libmicrohttpd.
  *
- * A pool of epoll threads; a request that changes a task is suspended
- * until its group commit is durable, while the pool keeps reading the
- * requests that fill the next batch.
+ * A pool of threads waiting with poll(2) or epoll; a request that changes
+ * a task is suspended until its group commit is durable, while the pool
+ * keeps reading the requests that fill the next batch.
  */
 #ifndef HERALD_SERVER_H
 #define HERALD_SERVER_H
@@ -17,7 +17,8 @@ typedef struct api_server api_server;
 
 /*
  * Listen on `listen` ("HOST:PORT", "[V6]:PORT"; port 0 picks a free port)
- * and serve the Task API from store (borrowed; must outlive the server).
+ * and serve the Task API from store (borrowed; must outlive the server);
+ * the HTTP threads wait with epoll if use_epoll, else with poll(2).
  * Returns NULL with err filled on failure (bad address, port in use, ...).
  */
 api_server *api_server_start(const char *listen, task_store *store, int use_epoll, char *err,

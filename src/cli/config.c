@@ -60,26 +60,27 @@ static int set_retention(herald_config *cfg, const char *v, char *err, size_t er
     return 0;
 }
 
+/* A setting of two named values: *out = 0 for `off`, 1 for `on`. */
+static int set_either(const char *v, const char *off, const char *on, int *out, char *err,
+                      size_t errlen)
+{
+    if (strcmp(v, on) == 0)
+        *out = 1;
+    else if (strcmp(v, off) == 0)
+        *out = 0;
+    else
+        return util_error(err, errlen, "must be '%s' or '%s', not '%s'", on, off, v);
+    return 0;
+}
+
 static int set_sync(herald_config *cfg, const char *v, char *err, size_t errlen)
 {
-    if (strcmp(v, "full") == 0)
-        cfg->sync_full = 1;
-    else if (strcmp(v, "normal") == 0)
-        cfg->sync_full = 0;
-    else
-        return util_error(err, errlen, "must be 'full' or 'normal', not '%s'", v);
-    return 0;
+    return set_either(v, "normal", "full", &cfg->sync_full, err, errlen);
 }
 
 static int set_http_poller(herald_config *cfg, const char *v, char *err, size_t errlen)
 {
-    if (strcmp(v, "poll") == 0)
-        cfg->http_epoll = 0;
-    else if (strcmp(v, "epoll") == 0)
-        cfg->http_epoll = 1;
-    else
-        return util_error(err, errlen, "must be 'poll' or 'epoll', not '%s'", v);
-    return 0;
+    return set_either(v, "poll", "epoll", &cfg->http_epoll, err, errlen);
 }
 
 static int set_log_level(herald_config *cfg, const char *v, char *err, size_t errlen)
