@@ -20,7 +20,7 @@ SAN_FLAGS =
 OPT ?= -O2 -g
 endif
 
-PKGS = sqlite3 jansson libmicrohttpd nettle libcurl rdkafka
+PKGS = sqlite3 jansson yajl libmicrohttpd nettle libcurl rdkafka
 CC ?= cc
 CFLAGS_BASE = -std=c11 -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 	-Wno-unused-parameter -D_GNU_SOURCE -Isrc -pthread

@@ -5,7 +5,7 @@
 set -eu
 
 PACKAGES="gcc make pkg-config libc6-dev
-libsqlite3-dev libjansson-dev libmicrohttpd-dev nettle-dev libssl-dev libcmocka-dev libcurl4-openssl-dev
+libsqlite3-dev libjansson-dev libyajl-dev libmicrohttpd-dev nettle-dev libssl-dev libcmocka-dev libcurl4-openssl-dev
 python3 python3-pytest python3-pytest-xdist python3-aiosmtpd python3-prometheus-client
 valgrind wrk curl
 librdkafka-dev kcat"

@@ -9,6 +9,7 @@
  */
 #include "api/routes.h"
 
+#include "common/json_text.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "event/event.h"
@@ -29,9 +30,28 @@
 
 static char *dump(json_t *v)
 {
-    char *s = event_json_dump(v, NULL);
+    char *s = json_text_dump(v, NULL);
     json_decref(v);
     return s;
+}
+
+/* The text of a writer whose shape is fixed here (no caller data nests in
+ * it), so it cannot fail but by a bug in this file. */
+static char *finish_fixed(json_text *w)
+{
+    char *s = json_text_finish(w, NULL);
+    if (!s) {
+        fprintf(stderr, "herald: internal error writing a response body\n");
+        abort();
+    }
+    return s;
+}
+
+static char *task_body(const task *t)
+{
+    json_text *w = json_text_new();
+    task_write_json(w, t);
+    return finish_fixed(w);
 }
 
 void api_problem(api_response *resp, int status, const char *slug, const char *title,
@@ -373,7 +393,7 @@ static void set_task_headers(api_response *resp, const task *t)
 static void respond_task(api_response *resp, int status, const task *t)
 {
     resp->status = status;
-    resp->body = dump(task_to_json(t));
+    resp->body = task_body(t);
     set_task_headers(resp, t);
 }
 
@@ -425,25 +445,31 @@ static int store_failure(const store_request *sr, api_response *resp)
 
 /* ---- handlers ----------------------------------------------------------- */
 
-static json_t *created_body(const task *t)
+/* {"id": ..., "status": "created", "task": {...}} */
+static char *created_body(const task *t)
 {
-    json_t *o = json_object();
-    json_object_set_new_nocheck(o, "id", json_string(t->id));
-    json_object_set_new_nocheck(o, "status", json_string_nocheck("created"));
-    json_object_set_new_nocheck(o, "task", task_to_json(t));
-    return o;
+    json_text *w = json_text_new();
+    json_text_open_object(w);
+    json_text_key(w, "id");
+    json_text_string(w, t->id);
+    json_text_key(w, "status");
+    json_text_string(w, "created");
+    json_text_key(w, "task");
+    task_write_json(w, t);
+    json_text_close_object(w);
+    return finish_fixed(w);
 }
 
 static char *render_created(const store_request *sr, int *status)
 {
     *status = 201;
-    return dump(created_body(&sr->result));
+    return created_body(&sr->result);
 }
 
 static char *render_task(const store_request *sr, int *status)
 {
     *status = 200;
-    return dump(task_to_json(&sr->result));
+    return task_body(&sr->result);
 }
 
 /* A change waiting for the store (see routes.h). */
@@ -486,7 +512,7 @@ void api_finish(api_pending *p, api_response *resp)
         switch (sr->op) {
         case STORE_CREATE:
             resp->status = 201;
-            resp->body = dump(created_body(&sr->result));
+            resp->body = created_body(&sr->result);
             snprintf(resp->location, sizeof(resp->location), "/tasks/%s", sr->result.id);
             set_task_headers(resp, &sr->result);
             break;

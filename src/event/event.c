@@ -53,6 +53,7 @@
  */
 #include "event/event.h"
 
+#include "common/json_text.h"
 #include "common/util.h"
 
 #include <errno.h>
@@ -807,7 +808,7 @@ static int metadata_own_key(const event *ev, const char *key)
  * are valid UTF-8 (checked by event_build/event_decode) and the keys are
  * the envelope's, so jansson's UTF-8 check is skipped (_nocheck: it was
  * ~80 ns per value); an invalid string is a caller bug, and the dump of
- * such an event fails (event_json_dump aborts). */
+ * such an event fails. */
 static void set_string(json_t *obj, const char *key, const char *s)
 {
     json_t *v = json_string_nocheck(s ? s : "");
@@ -850,35 +851,68 @@ json_t *event_to_json(const event *ev)
     return root;
 }
 
-#define JSON_DUMP_STACK 4096
-
-char *event_json_dump(const json_t *v, size_t *len_out)
+/* Write the envelope of event_to_json() straight to w: same members in
+ * the same order, without building the tree. */
+static void write_envelope(json_text *w, const event *ev)
 {
-    char stack[JSON_DUMP_STACK];
-    size_t n = json_dumpb(v, stack, sizeof(stack), JSON_COMPACT);
-    char *text;
-    if (n > 0 && n <= sizeof(stack)) {
-        text = xmalloc(n + 1);
-        memcpy(text, stack, n);
-        text[n] = '\0';
+    char when[EVENT_TIME_LEN + 1];
+    event_format_time(ev->occurred_ms, when);
+    json_text_open_object(w);
+    json_text_key(w, "event_id");
+    json_text_string(w, ev->event_id);
+    json_text_key(w, "event_type");
+    json_text_string(w, ev->event_type);
+    json_text_key(w, "occurred_at");
+    json_text_string(w, when);
+    json_text_key(w, "data");
+    if (ev->data) {
+        json_text_value(w, ev->data);
     } else {
-        text = json_dumps(v, JSON_COMPACT);
-        if (!text) {
-            /* Only possible if jansson cannot allocate. */
-            fprintf(stderr, "herald: out of memory encoding JSON\n");
-            abort();
-        }
-        n = strlen(text);
+        json_text_open_object(w);
+        json_text_close_object(w);
     }
-    if (len_out)
-        *len_out = n;
-    return text;
+    json_text_key(w, "metadata");
+    json_text_open_object(w);
+    json_text_key(w, "correlation_id");
+    json_text_string(w, ev->correlation_id ? ev->correlation_id : "");
+    json_text_key(w, "causation_id");
+    json_text_string(w, ev->causation_id ? ev->causation_id : "");
+    json_text_key(w, "source");
+    json_text_string(w, ev->source ? ev->source : "");
+    if (ev->traceparent[0]) {
+        json_text_key(w, "traceparent");
+        json_text_string(w, ev->traceparent);
+    }
+    if (ev->tracestate) {
+        json_text_key(w, "tracestate");
+        json_text_string(w, ev->tracestate);
+    }
+    if (json_is_object(ev->metadata_extra)) {
+        const char *key;
+        size_t key_len;
+        json_t *value;
+        json_object_keylen_foreach(ev->metadata_extra, key, key_len, value)
+        {
+            if (!metadata_own_key(ev, key)) {
+                json_text_stringn(w, key, key_len);
+                json_text_value(w, value);
+            }
+        }
+    }
+    json_text_close_object(w);
+    json_text_close_object(w);
 }
 
 char *event_encode(const event *ev, size_t *len_out)
 {
+    json_text *w = json_text_new();
+    write_envelope(w, ev);
+    char *text = json_text_finish(w, len_out);
+    if (text)
+        return text;
+    /* data nested deeper than the writer allows: jansson writes it */
     json_t *root = event_to_json(ev);
-    char *text = event_json_dump(root, len_out);
+    text = json_text_dump(root, len_out);
     json_decref(root);
     return text;
 }

@@ -102,15 +102,6 @@ int event_set_trace(event *ev, const char *traceparent, const char *tracestate);
  */
 char *event_encode(const event *ev, size_t *len_out);
 
-/*
- * Compact JSON text of v (jansson's JSON_COMPACT), malloc'd and
- * NUL-terminated; *len_out (if non-NULL) receives its length. Like
- * json_dumps() but a document of up to 4 KiB is written to a stack buffer
- * first and copied once (json_dumps grows a buffer from 16 bytes and then
- * copies it). Aborts if memory runs out.
- */
-char *event_json_dump(const json_t *v, size_t *len_out);
-
 /* The envelope as a new JSON object (caller owns the reference). */
 json_t *event_to_json(const event *ev);
 

@@ -44,6 +44,42 @@ json_t *task_to_json(const task *t)
     return o;
 }
 
+static void write_time_or_null(json_text *w, const char *key, int64_t ms)
+{
+    json_text_key(w, key);
+    if (ms == 0) {
+        json_text_null(w);
+        return;
+    }
+    char buf[EVENT_TIME_LEN + 1];
+    event_format_time(ms, buf);
+    json_text_string(w, buf);
+}
+
+void task_write_json(json_text *w, const task *t)
+{
+    json_text_open_object(w);
+    json_text_key(w, "id");
+    json_text_string(w, t->id);
+    json_text_key(w, "title");
+    json_text_string(w, t->title ? t->title : "");
+    json_text_key(w, "description");
+    json_text_string(w, t->description); /* NULL: null */
+    json_text_key(w, "owner_id");
+    json_text_string(w, t->owner_id ? t->owner_id : "");
+    json_text_key(w, "priority");
+    json_text_int(w, t->priority);
+    json_text_key(w, "status");
+    json_text_string(w, task_status_name(t));
+    write_time_or_null(w, "due_at", t->due_ms);
+    write_time_or_null(w, "created_at", t->created_ms);
+    write_time_or_null(w, "updated_at", t->updated_ms);
+    write_time_or_null(w, "completed_at", t->completed_ms);
+    json_text_key(w, "version");
+    json_text_int(w, t->version);
+    json_text_close_object(w);
+}
+
 void task_copy(task *dst, const task *src)
 {
     *dst = *src;

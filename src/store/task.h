@@ -7,6 +7,8 @@
 #ifndef HERALD_TASK_H
 #define HERALD_TASK_H
 
+#include "common/json_text.h"
+
 #include <jansson.h>
 #include <stdint.h>
 
@@ -45,6 +47,10 @@ const char *task_status_name(const task *t);
  * updated_at, completed_at (null if not completed), version.
  */
 json_t *task_to_json(const task *t);
+
+/* The same object as task_to_json(), written to w without a tree (the
+ * API's response bodies). */
+void task_write_json(json_text *w, const task *t);
 
 /* Deep copy src into dst (dst must be TASK_INIT or released). */
 void task_copy(task *dst, const task *src);
