@@ -567,7 +567,9 @@ api_server *api_server_start(const char *listen, task_store *store, int use_epol
                      MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     /* one core is the store writer's: on 2 cores one HTTP thread gave more
-     * requests/s than two in 7 of 8 interleaved runs (+6 % median) */
+     * requests/s than two in 7 of 8 interleaved runs (+6 % median). One
+     * thread is no pool option at all: libmicrohttpd warns on stderr about
+     * a pool of 1 (or 0). */
     unsigned pool = cores <= 2                     ? 1
                     : cores - 1 > MAX_POOL_THREADS ? MAX_POOL_THREADS
                                                    : (unsigned)(cores - 1);
@@ -577,8 +579,10 @@ api_server *api_server_start(const char *listen, task_store *store, int use_epol
         flags, (uint16_t)port, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)CONNECTION_TIMEOUT_S, MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK_SIZE,
-        MHD_OPTION_THREAD_POOL_SIZE, pool, MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv,
-        MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
+        NULL,
+        /* last: without a pool the option list ends here */
+        pool > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, pool, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!srv->daemon) {
         util_error(err, errlen, "cannot listen on '%s' (address in use or not available)", listen);

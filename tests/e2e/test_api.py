@@ -918,6 +918,18 @@ def test_one_log_line_per_request(api):
         assert lines[0][:24].endswith("Z") and TIMESTAMP.match(lines[0][:24]), lines[0]
 
 
+def test_stderr_holds_only_log_lines(procs, data_dir):
+    """Everything herald and its libraries write to stderr is a log line
+    (libmicrohttpd once warned about a thread pool of one on 2 cores)."""
+    for cmd in ("api", "up"):
+        server = start_api(procs, data_dir / cmd, cmd=cmd)
+        assert server.create().status == 201
+        wait_log(server.proc, lambda line: " POST /tasks 201 " in line)
+        for line in list(server.proc.err_lines):
+            assert TIMESTAMP.match(line[:24]) and line[24:30] in (
+                " DEBUG", " INFO ", " WARN ", " ERROR"), line
+
+
 def test_log_line_path_with_newline_stays_one_line(api):
     forged = "2030-01-01T00:00:00.000Z INFO  FORGED"
     r = api.get("/x%0a" + forged.replace(" ", "%20"), headers={"X-Correlation-ID": "inject"})
