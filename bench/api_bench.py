@@ -4,10 +4,12 @@
 For each server -- a libmicrohttpd server that does no work (the ceiling on
 this machine, bench/noop_server.c), `herald api` (the Task API alone) and
 `herald up` (the API and every agent, all handling what wrk creates), both
-with synchronous=FULL -- runs wrk at 1 and 32 keep-alive connections, RUNS times each, and prints
-the median requests/s, p50 and p99 latency, with every run's value. Then
-the resident memory of `herald up` (peak and current). Each herald run
-starts on a fresh data directory.
+with synchronous=FULL -- runs wrk at 1 and 32 keep-alive connections, RUNS
+times each, the three servers taking turns, and prints the median
+requests/s, p50 and p99 latency with every run's value, and herald's share
+of the ceiling (of the medians, and run by run). Then the resident memory of
+`herald up` (peak and current). Each herald run starts on a fresh data
+directory.
 
 Usage: api_bench.py BUILD_DIR [--runs N] [--seconds S]
 """
@@ -99,30 +101,41 @@ def report(name, values, unit, fmt="{:.0f}"):
     return med
 
 
+def one_run(kind, build, conns, seconds):
+    """One wrk run against a fresh server; (rps, p50, p99, (peak, rss) or None)."""
+    data = tempfile.mkdtemp(prefix="herald-bench-")
+    port = free_port()
+    proc = run_server(kind, build, port, data)
+    try:
+        r, a, b = wrk(port, conns, seconds)
+        mem = rss_kib(proc.pid) if kind == "up" and conns == 32 else None
+    finally:
+        stop(proc)
+        shutil.rmtree(data, ignore_errors=True)
+    return r, a, b, mem
+
+
 def main():
     build = sys.argv[1] if len(sys.argv) > 1 else "build"
     runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 5
     seconds = int(sys.argv[sys.argv.index("--seconds") + 1]) if "--seconds" in sys.argv else 5
     print(f"# Task API benchmark: wrk POST /tasks, {seconds} s per run, {runs} runs, medians")
-    medians = {}
+    print("# the servers take turns run by run (no-op, api, up, no-op, ...), so a change in")
+    print("# the machine's load during the benchmark weighs on all three alike")
+    kinds = ("noop", "api", "up")
+    results = {}
     peak = []
-    for kind in ("noop", "api", "up"):
+    for conns in (1, 32):
+        for _ in range(runs):
+            for kind in kinds:
+                r, a, b, mem = one_run(kind, build, conns, seconds)
+                results.setdefault((kind, conns), []).append((r, a, b))
+                if mem:
+                    peak.append(mem)
+    medians = {}
+    for kind in kinds:
         for conns in (1, 32):
-            rps, p50, p99 = [], [], []
-            for _ in range(runs):
-                data = tempfile.mkdtemp(prefix="herald-bench-")
-                port = free_port()
-                proc = run_server(kind, build, port, data)
-                try:
-                    r, a, b = wrk(port, conns, seconds)
-                    if kind == "up" and conns == 32:
-                        peak.append(rss_kib(proc.pid))
-                finally:
-                    stop(proc)
-                    shutil.rmtree(data, ignore_errors=True)
-                rps.append(r)
-                p50.append(a)
-                p99.append(b)
+            rps, p50, p99 = zip(*results[(kind, conns)])
             label = f"{kind} c={conns}"
             medians[(kind, conns)] = report(f"{label} requests/s", rps, "req/s")
             report(f"{label} p50", p50, "ms", "{:.2f}")
@@ -130,7 +143,9 @@ def main():
     for kind in ("api", "up"):
         for conns in (1, 32):
             ratio = medians[(kind, conns)] / medians[("noop", conns)]
-            print(f"herald {kind} / no-op ceiling at c={conns}: {ratio:.0%}")
+            pairs = [h[0] / n[0] for h, n in zip(results[(kind, conns)], results[("noop", conns)])]
+            print(f"herald {kind} / no-op ceiling at c={conns}: {ratio:.0%} (run by run: "
+                  + " ".join(f"{x:.0%}" for x in pairs) + ")")
     # up: the API and every agent (email in .eml mode, slack log-only, audit,
     # scheduler) handling what wrk creates
     report("herald up peak RSS (VmHWM)", [p[0] / 1024 for p in peak], "MiB", "{:.1f}")
