@@ -5,9 +5,14 @@
  * Tables (in bus.db, next to the log's own):
  *   tasks(id, title, description, owner_id, priority, completed, due_ms,
  *         created_ms, updated_ms, completed_ms, version)
- *   task_events(task_id, seq, event)   -- each task's events, kept after
- *         the task is deleted and independent of the log's retention, for
- *         GET /tasks/{id}/events; seq is the task's version after the change
+ *   task_events(task_id, seq, event, log_id)   -- each task's events,
+ *         kept after the task is deleted and independent of the log's
+ *         retention, for GET /tasks/{id}/events; seq is the task's version
+ *         after the change. With the embedded bus the event is not stored
+ *         twice: log_id is its row in the task-events topic table and event
+ *         is ''; a trigger on that table copies the text into event (and
+ *         clears log_id) before retention, or anything else, deletes the
+ *         row. With Kafka (outbox) event holds the text and log_id is NULL.
  *   idempotency_keys(key, request_hash, status, body, created_ms)
  *
  * Threads: one writer thread owns the write connection (a bus_log, so the
@@ -72,6 +77,9 @@ struct task_store {
     bus_log *log;
     int outbox; /* the bus is external (Kafka): events go to the outbox */
     char *db_path;
+    /* the task-events topic's table in bus.db ("" if it does not exist:
+     * then no task_events row refers to it) */
+    char log_table[32];
     /* writer statements */
     sqlite3_stmt *w_get, *w_insert, *w_update, *w_delete, *w_event, *w_idem_get, *w_idem_put,
         *w_idem_purge;
@@ -246,12 +254,19 @@ static int append_event(task_store *s, store_request *req, const event *ev, cons
     rec.key_len = strlen(req->task_id);
     rec.value = value;
     rec.value_len = len;
+    int64_t log_id = 0;
     rc = s->outbox ? bus_outbox_append(s->log, &rec, 1, req->err, sizeof(req->err))
-                   : bus_log_append(s->log, &rec, 1, NULL, req->err, sizeof(req->err));
+                   : bus_log_append(s->log, &rec, 1, &log_id, req->err, sizeof(req->err));
     if (rc == 0) {
         sqlite3_bind_text(s->w_event, 1, req->task_id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(s->w_event, 2, seq);
-        sqlite3_bind_text(s->w_event, 3, value, (int)len, SQLITE_STATIC);
+        if (s->outbox) {
+            sqlite3_bind_text(s->w_event, 3, value, (int)len, SQLITE_STATIC);
+            sqlite3_bind_null(s->w_event, 4);
+        } else { /* the log holds the text (see the top of this file) */
+            sqlite3_bind_text(s->w_event, 3, "", 0, SQLITE_STATIC);
+            sqlite3_bind_int64(s->w_event, 4, log_id);
+        }
         if (sqlite3_step(s->w_event) != SQLITE_DONE) {
             util_error(req->err, sizeof(req->err), "cannot record event of task '%s': %s",
                        req->task_id, sqlite3_errmsg(bus_log_db(s->log)));
@@ -718,6 +733,43 @@ int task_store_submit(task_store *s, store_request *req,
 
 /* ---- open / close ------------------------------------------------------ */
 
+/*
+ * In the open transaction: give task_events its log_id column (databases
+ * of before it have none), and where the task-events topic table exists
+ * (the embedded bus creates it here) the trigger that keeps every event a
+ * task_events row refers to when the log row goes. 0, or -1 with err.
+ */
+static int link_history_to_log(task_store *s, char *err, size_t errlen)
+{
+    sqlite3 *db = bus_log_db(s->log);
+    sqlite3_stmt *st = NULL;
+    if (prepare(db, "SELECT count(*) FROM pragma_table_info('task_events') WHERE name = 'log_id'",
+                &st, err, errlen) != 0)
+        return -1;
+    int has_column = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) > 0;
+    sqlite3_finalize(st);
+    if (!has_column && exec_sql(db, "ALTER TABLE task_events ADD COLUMN log_id INTEGER") != 0)
+        return util_error(err, errlen, "cannot add task_events.log_id in '%s': %s", s->db_path,
+                          sqlite3_errmsg(db));
+    int64_t topic = bus_log_topic_id(s->log, TASK_TOPIC, !s->outbox, err, errlen);
+    if (topic < 0)
+        return -1;
+    s->log_table[0] = '\0';
+    if (topic == 0)
+        return 0; /* Kafka and never embedded: every event is in task_events */
+    bus_log_topic_table(topic, s->log_table, sizeof(s->log_table));
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "CREATE TRIGGER IF NOT EXISTS %s_keeps_task_events BEFORE DELETE ON %s BEGIN"
+             " UPDATE task_events SET event = CAST(OLD.value AS TEXT), log_id = NULL"
+             " WHERE task_id = CAST(OLD.key AS TEXT) AND log_id = OLD.id; END",
+             s->log_table, s->log_table);
+    if (exec_sql(db, sql) != 0)
+        return util_error(err, errlen, "cannot create the trigger that keeps task events: %s",
+                          sqlite3_errmsg(db));
+    return 0;
+}
+
 task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
 {
     task_store *s = xcalloc(1, sizeof(*s));
@@ -749,6 +801,10 @@ task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
         bus_log_rollback(s->log);
         goto fail;
     }
+    if (link_history_to_log(s, err, errlen) != 0) {
+        bus_log_rollback(s->log);
+        goto fail;
+    }
     if (bus_log_commit(s->log, err, errlen) != 0)
         goto fail;
     if (prepare(db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1", &s->w_get, err, errlen) !=
@@ -762,8 +818,8 @@ task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
                 "version=?11 WHERE id=?1",
                 &s->w_update, err, errlen) != 0 ||
         prepare(db, "DELETE FROM tasks WHERE id = ?1", &s->w_delete, err, errlen) != 0 ||
-        prepare(db, "INSERT INTO task_events(task_id, seq, event) VALUES(?1, ?2, ?3)", &s->w_event,
-                err, errlen) != 0 ||
+        prepare(db, "INSERT INTO task_events(task_id, seq, event, log_id) VALUES(?1, ?2, ?3, ?4)",
+                &s->w_event, err, errlen) != 0 ||
         prepare(db, "SELECT request_hash, status, body FROM idempotency_keys WHERE key = ?1",
                 &s->w_idem_get, err, errlen) != 0 ||
         prepare(db,
@@ -865,6 +921,16 @@ static reader *reader_borrow(task_store *s, char *err, size_t errlen)
         return NULL;
     }
     sqlite3_busy_timeout(r->db, 5000);
+    char events_sql[256];
+    if (s->log_table[0])
+        snprintf(events_sql, sizeof(events_sql),
+                 "SELECT CASE WHEN e.log_id IS NULL THEN e.event ELSE CAST(l.value AS TEXT) END"
+                 " FROM task_events e LEFT JOIN %s l ON l.id = e.log_id"
+                 " WHERE e.task_id = ?1 ORDER BY e.seq",
+                 s->log_table);
+    else
+        util_strlcpy(events_sql, "SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq",
+                     sizeof(events_sql));
     if (exec_sql(r->db, "PRAGMA query_only=1") != 0 ||
         prepare(r->db, "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1", &r->get, err, errlen) !=
             0 ||
@@ -872,8 +938,7 @@ static reader *reader_borrow(task_store *s, char *err, size_t errlen)
                 "SELECT " TASK_COLUMNS " FROM tasks WHERE (?1 IS NULL OR owner_id = ?1) AND "
                 "(?2 IS NULL OR completed = ?2) AND id > ?3 ORDER BY id LIMIT ?4",
                 &r->list, err, errlen) != 0 ||
-        prepare(r->db, "SELECT event FROM task_events WHERE task_id = ?1 ORDER BY seq", &r->events,
-                err, errlen) != 0) {
+        prepare(r->db, events_sql, &r->events, err, errlen) != 0) {
         reader_free(r);
         return NULL;
     }
@@ -964,6 +1029,8 @@ int task_store_events(task_store *s, const char *id, json_t **events, char *err,
         json_t *ev = text ? json_loads(text, 0, NULL) : NULL;
         if (ev)
             json_array_append_new(arr, ev);
+        else /* the trigger keeps a referred event: a damaged database */
+            LOG_WARN("store: an event of task '%s' is missing or unreadable; skipped", id);
     }
     sqlite3_reset(r->events);
     reader_return(s, r);

@@ -1,8 +1,9 @@
 /*
  * test_store.c - the task store (store/task_store.h) on a real SQLite log:
  * each outcome of each operation, the events it publishes, idempotency
- * keys, and group commit (concurrent requests share transactions, and every
- * committed task has exactly its event in the log).
+ * keys, group commit (concurrent requests share transactions, and every
+ * committed task has exactly its event in the log), and task histories that
+ * refer to the log yet outlive its retention.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,12 +12,14 @@
 #include <cmocka.h>
 
 #include "bus/bus.h"
+#include "bus/sqlite_log.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "event/event.h"
 #include "store/task_store.h"
 
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -367,6 +370,120 @@ static void test_list_filters_and_pages(void **state)
     free(tasks);
 }
 
+/* The JSON text of a task's history (GET /tasks/{id}/events). */
+static char *history_text(fixture *f, const char *id)
+{
+    char err[256];
+    json_t *events = NULL;
+    assert_int_equal(task_store_events(f->store, id, &events, err, sizeof(err)), 1);
+    char *text = json_dumps(events, JSON_COMPACT);
+    json_decref(events);
+    return text;
+}
+
+/* One integer from bus.db (a query on a connection of the test's own). */
+static int64_t query_int(fixture *f, const char *sql)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/bus.db", f->dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/*
+ * A task's history refers to the log's rows instead of holding the events
+ * twice, and still outlives the log's retention: the trigger copies each
+ * event into task_events before its log row is deleted.
+ */
+static void test_history_outlives_log_retention(void **state)
+{
+    fixture *f = *state;
+    store_request a, b, done;
+    create(f, "first", "h1", &a);
+    create(f, "second", "h2", &b);
+    store_request_init(&done, STORE_COMPLETE);
+    util_strlcpy(done.task_id, a.task_id, sizeof(done.task_id));
+    done.correlation_id = "h3";
+    assert_int_equal(task_store_execute(f->store, &done), 0);
+    assert_int_equal(done.outcome, STORE_DONE);
+    char *before_a = history_text(f, a.task_id);
+    char *before_b = history_text(f, b.task_id);
+    assert_non_null(strstr(before_a, "task.completed"));
+    /* three events, each once: in the log, referred to from task_events */
+    assert_int_equal(query_int(f, "SELECT count(*) FROM t_1"), 3);
+    assert_int_equal(
+        query_int(f, "SELECT count(*) FROM task_events WHERE event = '' AND log_id IS NOT NULL"),
+        3);
+
+    util_sleep_us(20000);
+    char err[256];
+    bus_log *log = bus_log_open(&f->cfg, err, sizeof(err));
+    assert_non_null(log);
+    int64_t deleted = 0;
+    assert_int_equal(bus_log_retention_run(log, 1, &deleted, err, sizeof(err)), 0);
+    bus_log_close(log);
+    /* retention keeps the newest row (offsets never restart): task a's
+     * history is now one copied event and one still in the log */
+    assert_int_equal(deleted, 2);
+    assert_int_equal(query_int(f, "SELECT count(*) FROM t_1"), 1);
+    assert_int_equal(
+        query_int(f, "SELECT count(*) FROM task_events WHERE event <> '' AND log_id IS NULL"), 2);
+    assert_int_equal(query_int(f, "SELECT count(*) FROM task_events WHERE log_id IS NOT NULL"), 1);
+    char *after_a = history_text(f, a.task_id);
+    char *after_b = history_text(f, b.task_id);
+    assert_string_equal(after_a, before_a);
+    assert_string_equal(after_b, before_b);
+    free(before_a);
+    free(before_b);
+    free(after_a);
+    free(after_b);
+    store_request_release(&a);
+    store_request_release(&b);
+    store_request_release(&done);
+}
+
+/* A database from before log_id: its histories read as they were, and new
+ * events are referred to. */
+static void test_history_of_an_older_database(void **state)
+{
+    fixture *f = *state;
+    task_store_close(f->store);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/bus.db", f->dir);
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db,
+                                  "DROP TABLE task_events;"
+                                  "CREATE TABLE task_events(task_id TEXT NOT NULL, seq INTEGER "
+                                  "NOT NULL, event TEXT NOT NULL, PRIMARY KEY(task_id, seq)) "
+                                  "WITHOUT ROWID;"
+                                  "INSERT INTO task_events VALUES('old-task', 1, "
+                                  "'{\"event_type\":\"task.created\",\"n\":1}');",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    char err[256];
+    f->store = task_store_open(&f->cfg, err, sizeof(err));
+    assert_non_null(f->store);
+    char *old = history_text(f, "old-task");
+    assert_string_equal(old, "[{\"event_type\":\"task.created\",\"n\":1}]");
+    free(old);
+    store_request c;
+    create(f, "new", "o1", &c);
+    char *fresh = history_text(f, c.task_id);
+    assert_non_null(strstr(fresh, "\"title\":\"new\""));
+    assert_int_equal(query_int(f, "SELECT count(*) FROM task_events WHERE log_id IS NOT NULL"), 1);
+    free(fresh);
+    store_request_release(&c);
+}
+
 int main(void)
 {
     log_threshold = LOG_LEVEL_ERROR;
@@ -377,6 +494,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idempotency_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_shares_transactions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_list_filters_and_pages, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_history_outlives_log_retention, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_history_of_an_older_database, setup, teardown),
     };
     return cmocka_run_group_tests_name("store", tests, NULL, NULL);
 }
