@@ -713,6 +713,18 @@ int event_build(event *ev, const char *type, json_t *data, const char *correlati
     if (!json_is_object(data))
         return util_error(err, errlen, "data must be a JSON object, got %s",
                           data ? json_type_name(data) : "NULL");
+    if (event_build_head(ev, type, correlation_id, causation_id, source, err, errlen) != 0)
+        return -1;
+    ev->data = json_incref(data);
+    return 0;
+}
+
+int event_build_head(event *ev, const char *type, const char *correlation_id,
+                     const char *causation_id, const char *source, char *err, size_t errlen)
+{
+    *ev = (event)EVENT_INIT;
+    if (event_type_check(type, err, errlen) < 0)
+        return -1;
     const struct {
         const char *name, *value;
         size_t max;
@@ -733,7 +745,6 @@ int event_build(event *ev, const char *type, json_t *data, const char *correlati
     event_uuid_v7(ev->event_id);
     util_strlcpy(ev->event_type, type, sizeof(ev->event_type));
     ev->occurred_ms = util_now_ms();
-    ev->data = json_incref(data);
     if (correlation_id) {
         ev->correlation_id = xstrdup(correlation_id);
     } else {
@@ -853,7 +864,8 @@ json_t *event_to_json(const event *ev)
 
 /* Write the envelope of event_to_json() straight to w: same members in
  * the same order, without building the tree. */
-static void write_envelope(json_text *w, const event *ev)
+static void write_envelope(json_text *w, const event *ev, event_data_writer write_data,
+                           const void *arg)
 {
     char when[EVENT_TIME_LEN + 1];
     event_format_time(ev->occurred_ms, when);
@@ -865,7 +877,9 @@ static void write_envelope(json_text *w, const event *ev)
     json_text_key(w, "occurred_at");
     json_text_string(w, when);
     json_text_key(w, "data");
-    if (ev->data) {
+    if (write_data) {
+        write_data(w, arg);
+    } else if (ev->data) {
         json_text_value(w, ev->data);
     } else {
         json_text_open_object(w);
@@ -906,7 +920,7 @@ static void write_envelope(json_text *w, const event *ev)
 char *event_encode(const event *ev, size_t *len_out)
 {
     json_text *w = json_text_new();
-    write_envelope(w, ev);
+    write_envelope(w, ev, NULL, NULL);
     char *text = json_text_finish(w, len_out);
     if (text)
         return text;
@@ -915,6 +929,14 @@ char *event_encode(const event *ev, size_t *len_out)
     text = json_text_dump(root, len_out);
     json_decref(root);
     return text;
+}
+
+char *event_encode_with(const event *ev, event_data_writer write_data, const void *arg,
+                        size_t *len_out)
+{
+    json_text *w = json_text_new();
+    write_envelope(w, ev, write_data, arg);
+    return json_text_finish(w, len_out);
 }
 
 /* Fetch obj[key] as a string into *s / *len; path names it in errors. */

@@ -23,6 +23,8 @@
 
 #include "event/tracecontext.h"
 
+#include "common/json_text.h"
+
 #include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -77,6 +79,14 @@ typedef struct event {
 int event_build(event *ev, const char *type, json_t *data, const char *correlation_id,
                 const char *causation_id, const char *source, char *err, size_t errlen);
 
+/*
+ * event_build() without data (ev->data stays NULL), for a producer that has
+ * its data as C values and writes the object straight into the encoded
+ * text with event_encode_with(). Same checks and results otherwise.
+ */
+int event_build_head(event *ev, const char *type, const char *correlation_id,
+                     const char *causation_id, const char *source, char *err, size_t errlen);
+
 /* Free the members of ev and reset it to EVENT_INIT. NULL is a no-op. */
 void event_release(event *ev);
 
@@ -101,6 +111,17 @@ int event_set_trace(event *ev, const char *traceparent, const char *tracestate);
  * receives its length.
  */
 char *event_encode(const event *ev, size_t *len_out);
+
+/* Writes an event's data: exactly one JSON object, to w. */
+typedef void (*event_data_writer)(json_text *w, const void *arg);
+
+/*
+ * event_encode() of an event without data (event_build_head) whose data
+ * object write_data(w, arg) writes in place. NULL if the writer wrote
+ * something other than one object.
+ */
+char *event_encode_with(const event *ev, event_data_writer write_data, const void *arg,
+                        size_t *len_out);
 
 /* The envelope as a new JSON object (caller owns the reference). */
 json_t *event_to_json(const event *ev);

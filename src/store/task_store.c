@@ -298,45 +298,71 @@ static void new_task(const store_request *req, task *t)
     t->version = 1;
 }
 
-static json_t *created_data(const task *t)
+/* The data of task.created, written from the create request itself (no
+ * tree): task_id, title, owner_id, priority, then description and due_at
+ * when set, created_at. An event_data_writer. */
+static void write_created_data(json_text *w, const void *arg)
 {
-    json_t *data = task_summary(t);
-    if (t->description)
-        json_object_set_new_nocheck(data, "description", json_string(t->description));
-    if (t->due_ms)
-        set_time(data, "due_at", t->due_ms);
-    set_time(data, "created_at", t->created_ms);
-    return data;
+    const store_request *req = arg;
+    const task *in = &req->input;
+    char when[EVENT_TIME_LEN + 1];
+    json_text_open_object(w);
+    json_text_key(w, "task_id");
+    json_text_string(w, req->task_id);
+    json_text_key(w, "title");
+    json_text_string(w, in->title);
+    json_text_key(w, "owner_id");
+    json_text_string(w, in->owner_id);
+    json_text_key(w, "priority");
+    json_text_int(w, in->priority);
+    if (in->description) {
+        json_text_key(w, "description");
+        json_text_string(w, in->description);
+    }
+    if (in->due_ms) {
+        event_format_time(in->due_ms, when);
+        json_text_key(w, "due_at");
+        json_text_string(w, when);
+    }
+    event_format_time(in->created_ms, when);
+    json_text_key(w, "created_at");
+    json_text_string(w, when);
+    json_text_close_object(w);
 }
 
 int store_prepare_create(store_request *req, char *err, size_t errlen)
 {
+    if (!req->input.title || !req->input.owner_id)
+        return util_error(err, errlen, "a create needs a title and an owner_id");
     req->input.created_ms = util_now_ms();
-    task t = TASK_INIT;
-    new_task(req, &t);
     char causation[TASK_ID_MAX + 32];
     snprintf(causation, sizeof(causation), "api-create-%s", req->task_id);
     event ev = EVENT_INIT;
-    json_t *data = created_data(&t);
-    int rc = event_build(&ev, "task.created", data, req->correlation_id, causation, TASK_SOURCE,
-                         err, errlen);
-    json_decref(data);
-    task_release(&t);
-    if (rc != 0)
+    if (event_build_head(&ev, "task.created", req->correlation_id, causation, TASK_SOURCE, err,
+                         errlen) != 0)
         return -1;
     event_set_trace(&ev, req->traceparent, req->tracestate);
+    size_t len = 0;
+    char *text = event_encode_with(&ev, write_created_data, req, &len);
+    if (!text) {
+        event_release(&ev);
+        return util_error(err, errlen, "cannot encode the task.created event of '%s'",
+                          req->task_id);
+    }
     free(req->prepared_event);
-    req->prepared_event = event_encode(&ev, &req->prepared_event_len);
+    req->prepared_event = text;
+    req->prepared_event_len = len;
     util_strlcpy(req->event_id, ev.event_id, sizeof(req->event_id));
-    json_decref(ev.data); /* the writer needs only the ids and metadata */
-    ev.data = NULL;
-    event_release(&req->prepared_meta);
+    event_release(&req->prepared_meta); /* the writer needs only the ids and metadata */
     req->prepared_meta = ev;
     return 0;
 }
 
 static int op_create(task_store *s, store_request *req)
 {
+    if (!req->prepared_event)
+        return util_error(req->err, sizeof(req->err),
+                          "create of '%s' without store_prepare_create()", req->task_id);
     task t = TASK_INIT;
     new_task(req, &t);
     if (writer_save(s, s->w_insert, &t) != 0) {
@@ -345,10 +371,8 @@ static int op_create(task_store *s, store_request *req)
         task_release(&t);
         return -1;
     }
-    int rc = req->prepared_event
-                 ? append_event(s, req, &req->prepared_meta, req->prepared_event,
-                                req->prepared_event_len, t.version)
-                 : writer_publish(s, req, "task.created", "create", created_data(&t), t.version);
+    int rc = append_event(s, req, &req->prepared_meta, req->prepared_event, req->prepared_event_len,
+                          t.version);
     req->result = t;
     req->outcome = STORE_DONE;
     return rc;
@@ -626,7 +650,10 @@ static void run_batch(task_store *s, store_request *batch)
             s->requests++;
             count_published(s, r, NULL);
         } else {
+            char why[sizeof(r->err)]; /* reset_outputs() clears it */
+            util_strlcpy(why, r->err, sizeof(why));
             reset_outputs(r);
+            util_strlcpy(r->err, why, sizeof(r->err));
             r->outcome = STORE_FAILED;
             LOG_ERROR_CID(r->correlation_id, "store: %s", r->err);
         }

@@ -91,9 +91,11 @@ typedef struct store_request {
 } store_request;
 
 /*
- * For a create: build and encode its task.created event now, on the
- * caller's thread, so that the writer thread only has to insert it. Needs
- * task_id, input and correlation_id set. 0, or -1 with err filled.
+ * For a create, before task_store_execute()/submit() (a create without it
+ * fails): build and encode its task.created event now, on the caller's
+ * thread, so that the writer thread only has to insert it. Needs task_id,
+ * input (title and owner_id at least) and correlation_id set. 0, or -1
+ * with err filled.
  */
 int store_prepare_create(store_request *req, char *err, size_t errlen);
 

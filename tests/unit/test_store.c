@@ -141,6 +141,55 @@ static void test_create_stores_task_and_event(void **state)
     store_request_release(&sr);
 }
 
+/* task.created's data, written without a tree: every field, in order. */
+static void test_created_event_data(void **state)
+{
+    fixture *f = *state;
+    store_request sr;
+    store_request_init(&sr, STORE_CREATE);
+    util_strlcpy(sr.task_id, "t-data-1", sizeof(sr.task_id));
+    sr.input.title = "Say \"hi\"\n\xc3\xa9";
+    sr.input.owner_id = "user-7";
+    sr.input.priority = 4;
+    sr.input.description = "with a description";
+    sr.input.due_ms = INT64_C(1767225600000); /* 2026-01-01T00:00:00.000Z */
+    sr.correlation_id = "cd-1";
+    char err[256];
+    assert_int_equal(store_prepare_create(&sr, err, sizeof(err)), 0);
+    assert_int_equal(task_store_execute(f->store, &sr), 0);
+    assert_int_equal(sr.outcome, STORE_DONE);
+    char created[EVENT_TIME_LEN + 1];
+    event_format_time(sr.result.created_ms, created);
+    event evs[2];
+    assert_int_equal(read_events(f, evs, 2), 1);
+    char *data = json_dumps(evs[0].data, JSON_COMPACT);
+    char expected[512];
+    snprintf(expected, sizeof(expected),
+             "{\"task_id\":\"t-data-1\",\"title\":\"Say \\\"hi\\\"\\n\xc3\xa9\","
+             "\"owner_id\":\"user-7\",\"priority\":4,\"description\":\"with a description\","
+             "\"due_at\":\"2026-01-01T00:00:00.000Z\",\"created_at\":\"%s\"}",
+             created);
+    assert_string_equal(data, expected);
+    free(data);
+    release_events(evs, 1);
+    memset(&sr.input, 0, sizeof(sr.input));
+    store_request_release(&sr);
+
+    /* a create that skipped store_prepare_create fails, writing nothing */
+    store_request bare;
+    store_request_init(&bare, STORE_CREATE);
+    util_strlcpy(bare.task_id, "t-data-2", sizeof(bare.task_id));
+    bare.input.title = "x";
+    bare.input.owner_id = "y";
+    assert_int_equal(task_store_execute(f->store, &bare), 0);
+    assert_int_equal(bare.outcome, STORE_FAILED);
+    assert_non_null(strstr(bare.err, "store_prepare_create"));
+    memset(&bare.input, 0, sizeof(bare.input));
+    store_request_release(&bare);
+    task t = TASK_INIT;
+    assert_int_equal(task_store_get(f->store, "t-data-2", &t, err, sizeof(err)), 0);
+}
+
 static void test_update_complete_delete_and_their_events(void **state)
 {
     fixture *f = *state;
@@ -489,6 +538,7 @@ int main(void)
     log_threshold = LOG_LEVEL_ERROR;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_stores_task_and_event, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_created_event_data, setup, teardown),
         cmocka_unit_test_setup_teardown(test_update_complete_delete_and_their_events, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_idempotency_keys, setup, teardown),
