@@ -450,10 +450,8 @@ static char *created_body(const task *t)
 {
     json_text *w = json_text_new();
     json_text_open_object(w);
-    json_text_key(w, "id");
-    json_text_string(w, t->id);
-    json_text_key(w, "status");
-    json_text_string(w, "created");
+    json_text_member_string(w, "id", t->id);
+    json_text_member_string(w, "status", "created");
     json_text_key(w, "task");
     task_write_json(w, t);
     json_text_close_object(w);

@@ -105,6 +105,18 @@ void json_text_null(json_text *w)
     check(w, yajl_gen_null(w->gen));
 }
 
+void json_text_member_string(json_text *w, const char *key, const char *s)
+{
+    json_text_key(w, key);
+    json_text_string(w, s);
+}
+
+void json_text_member_int(json_text *w, const char *key, long long v)
+{
+    json_text_key(w, key);
+    json_text_int(w, v);
+}
+
 void json_text_value(json_text *w, const json_t *v)
 {
     if (w->failed)

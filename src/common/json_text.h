@@ -47,6 +47,9 @@ void json_text_string(json_text *w, const char *s);
 void json_text_stringn(json_text *w, const char *s, size_t len);
 void json_text_int(json_text *w, long long v);
 void json_text_null(json_text *w);
+/* An object member: json_text_key() and then the value. */
+void json_text_member_string(json_text *w, const char *key, const char *s);
+void json_text_member_int(json_text *w, const char *key, long long v);
 /* Any jansson value (NULL writes null), in jansson's member order. */
 void json_text_value(json_text *w, const json_t *v);
 

@@ -870,12 +870,9 @@ static void write_envelope(json_text *w, const event *ev, event_data_writer writ
     char when[EVENT_TIME_LEN + 1];
     event_format_time(ev->occurred_ms, when);
     json_text_open_object(w);
-    json_text_key(w, "event_id");
-    json_text_string(w, ev->event_id);
-    json_text_key(w, "event_type");
-    json_text_string(w, ev->event_type);
-    json_text_key(w, "occurred_at");
-    json_text_string(w, when);
+    json_text_member_string(w, "event_id", ev->event_id);
+    json_text_member_string(w, "event_type", ev->event_type);
+    json_text_member_string(w, "occurred_at", when);
     json_text_key(w, "data");
     if (write_data) {
         write_data(w, arg);
@@ -887,19 +884,14 @@ static void write_envelope(json_text *w, const event *ev, event_data_writer writ
     }
     json_text_key(w, "metadata");
     json_text_open_object(w);
-    json_text_key(w, "correlation_id");
-    json_text_string(w, ev->correlation_id ? ev->correlation_id : "");
-    json_text_key(w, "causation_id");
-    json_text_string(w, ev->causation_id ? ev->causation_id : "");
-    json_text_key(w, "source");
-    json_text_string(w, ev->source ? ev->source : "");
+    json_text_member_string(w, "correlation_id", ev->correlation_id ? ev->correlation_id : "");
+    json_text_member_string(w, "causation_id", ev->causation_id ? ev->causation_id : "");
+    json_text_member_string(w, "source", ev->source ? ev->source : "");
     if (ev->traceparent[0]) {
-        json_text_key(w, "traceparent");
-        json_text_string(w, ev->traceparent);
+        json_text_member_string(w, "traceparent", ev->traceparent);
     }
     if (ev->tracestate) {
-        json_text_key(w, "tracestate");
-        json_text_string(w, ev->tracestate);
+        json_text_member_string(w, "tracestate", ev->tracestate);
     }
     if (json_is_object(ev->metadata_extra)) {
         const char *key;

@@ -59,24 +59,17 @@ static void write_time_or_null(json_text *w, const char *key, int64_t ms)
 void task_write_json(json_text *w, const task *t)
 {
     json_text_open_object(w);
-    json_text_key(w, "id");
-    json_text_string(w, t->id);
-    json_text_key(w, "title");
-    json_text_string(w, t->title ? t->title : "");
-    json_text_key(w, "description");
-    json_text_string(w, t->description); /* NULL: null */
-    json_text_key(w, "owner_id");
-    json_text_string(w, t->owner_id ? t->owner_id : "");
-    json_text_key(w, "priority");
-    json_text_int(w, t->priority);
-    json_text_key(w, "status");
-    json_text_string(w, task_status_name(t));
+    json_text_member_string(w, "id", t->id);
+    json_text_member_string(w, "title", t->title ? t->title : "");
+    json_text_member_string(w, "description", t->description); /* NULL: null */
+    json_text_member_string(w, "owner_id", t->owner_id ? t->owner_id : "");
+    json_text_member_int(w, "priority", t->priority);
+    json_text_member_string(w, "status", task_status_name(t));
     write_time_or_null(w, "due_at", t->due_ms);
     write_time_or_null(w, "created_at", t->created_ms);
     write_time_or_null(w, "updated_at", t->updated_ms);
     write_time_or_null(w, "completed_at", t->completed_ms);
-    json_text_key(w, "version");
-    json_text_int(w, t->version);
+    json_text_member_int(w, "version", t->version);
     json_text_close_object(w);
 }
 

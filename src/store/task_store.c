@@ -307,26 +307,19 @@ static void write_created_data(json_text *w, const void *arg)
     const task *in = &req->input;
     char when[EVENT_TIME_LEN + 1];
     json_text_open_object(w);
-    json_text_key(w, "task_id");
-    json_text_string(w, req->task_id);
-    json_text_key(w, "title");
-    json_text_string(w, in->title);
-    json_text_key(w, "owner_id");
-    json_text_string(w, in->owner_id);
-    json_text_key(w, "priority");
-    json_text_int(w, in->priority);
+    json_text_member_string(w, "task_id", req->task_id);
+    json_text_member_string(w, "title", in->title);
+    json_text_member_string(w, "owner_id", in->owner_id);
+    json_text_member_int(w, "priority", in->priority);
     if (in->description) {
-        json_text_key(w, "description");
-        json_text_string(w, in->description);
+        json_text_member_string(w, "description", in->description);
     }
     if (in->due_ms) {
         event_format_time(in->due_ms, when);
-        json_text_key(w, "due_at");
-        json_text_string(w, when);
+        json_text_member_string(w, "due_at", when);
     }
     event_format_time(in->created_ms, when);
-    json_text_key(w, "created_at");
-    json_text_string(w, when);
+    json_text_member_string(w, "created_at", when);
     json_text_close_object(w);
 }
 
