@@ -147,6 +147,10 @@ typedef struct bus_config {
                               the cluster's metadata) */
     int no_topic_create;   /* 1: never create topics; a missing one is an
                               error that says how to create it */
+    int gather_wal_writes; /* embedded: 1 writes each commit's WAL frames in
+                              one system call (wal_vfs.h), for a process's
+                              busy writer (the Task API's); costs up to
+                              WAL_VFS_BUFFER bytes of memory */
 } bus_config;
 
 /* Defaults: sqlite, "./herald-data", 7 days, synchronous FULL; Kafka
@@ -157,7 +161,7 @@ typedef struct bus_config {
 #define BUS_MAX_TOPIC_REPLICATION 32767 /* the Kafka protocol's limit (int16) */
 /* clang-format off */
 #define BUS_CONFIG_INIT { BUS_SQLITE, "./herald-data", BUS_DEFAULT_RETENTION_MS, 1, NULL, NULL, NULL, \
-                          BUS_DEFAULT_TOPIC_PARTITIONS, 0, 0 }
+                          BUS_DEFAULT_TOPIC_PARTITIONS, 0, 0, 0 }
 /* clang-format on */
 
 /*

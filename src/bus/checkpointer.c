@@ -125,6 +125,7 @@ static int checkpoint_all(bus_checkpointer *c)
 static void *checkpointer_main(void *arg)
 {
     bus_checkpointer *c = arg;
+    pthread_setname_np(pthread_self(), "checkpointer");
     /* background work: on a busy machine the threads that answer requests
      * go first (a thread may always lower its own priority) */
     if (setpriority(PRIO_PROCESS, (id_t)gettid(), CHECKPOINTER_NICE) != 0)

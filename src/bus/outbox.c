@@ -268,6 +268,7 @@ static void relay_fatal(bus_relay *r, const char *err)
 static void *relay_thread(void *arg)
 {
     bus_relay *r = arg;
+    pthread_setname_np(pthread_self(), "outbox-relay");
     int64_t backoff = 0;
     char err[512];
     int told_waiting = 0;

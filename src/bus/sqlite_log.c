@@ -29,6 +29,7 @@
 #include "bus/sqlite_log.h"
 
 #include "bus/checkpointer.h"
+#include "bus/wal_vfs.h"
 
 #include "common/log.h"
 #include "common/util.h"
@@ -182,7 +183,10 @@ bus_log *bus_log_open(const bus_config *cfg, char *err, size_t errlen)
     }
     free(lock_path);
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(log->db_path, &log->db, flags, NULL) != SQLITE_OK) {
+    /* a commit's WAL frames in one write (wal_vfs.h) where asked for */
+    const char *vfs =
+        cfg->gather_wal_writes && wal_vfs_register() == SQLITE_OK ? WAL_VFS_NAME : NULL;
+    if (sqlite3_open_v2(log->db_path, &log->db, flags, vfs) != SQLITE_OK) {
         util_error(err, errlen, "cannot open event log '%s': %s", log->db_path,
                    log->db ? sqlite3_errmsg(log->db) : "out of memory");
         goto fail;

@@ -11,6 +11,7 @@
 #include "common/util.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,9 @@ struct agent_runner {
 static void *agent_thread(void *arg)
 {
     agent_slot *slot = arg;
+    char thread_name[16]; /* the kernel keeps 15 characters */
+    snprintf(thread_name, sizeof thread_name, "%s", agent_runtime_name(slot->rt));
+    pthread_setname_np(pthread_self(), thread_name);
     if (agent_runtime_run(slot->rt) == 0)
         return NULL;
     agent_runner *r = slot->runner;

@@ -657,6 +657,7 @@ static void run_batch(task_store *s, store_request *batch)
 static void *writer_main(void *arg)
 {
     task_store *s = arg;
+    pthread_setname_np(pthread_self(), "task-writer"); /* top -H, perf */
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!s->head && !s->stopping)
@@ -798,7 +799,11 @@ task_store *task_store_open(const bus_config *cfg, char *err, size_t errlen)
     pthread_cond_init(&s->done_cond, NULL);
     pthread_mutex_init(&s->pool_lock, NULL);
     s->bus = *cfg;
-    s->log = bus_log_open(cfg, err, errlen);
+    /* every change of the Task API is committed here: its WAL frames go
+     * out in one write per commit */
+    bus_config log_cfg = *cfg;
+    log_cfg.gather_wal_writes = 1;
+    s->log = bus_log_open(&log_cfg, err, errlen);
     if (!s->log)
         goto fail;
     if (bus_log_checkpoint_in_background(s->log, err, errlen) != 0)
