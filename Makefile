@@ -77,7 +77,7 @@ $(BUILD)/bench/%: bench/%.c $(BENCH_SHARED) $(wildcard bench/shared/*.h) $(BUILD
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Ibench -o $@ $< $(BENCH_SHARED) $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS)
 
-unit: all $(UNIT_BIN)
+unit: all $(UNIT_BIN) $(BUILD)/tools/kafka_mock
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 # The end-to-end files run E2E_JOBS at a time (pytest-xdist): most of their
@@ -90,7 +90,7 @@ e2e: all $(TOOL_BIN)
 test: unit e2e
 
 # Valgrind over the unit tests and a normal run of the binary.
-memcheck: all $(UNIT_BIN)
+memcheck: all $(UNIT_BIN) $(BUILD)/tools/kafka_mock
 	@scripts/memcheck.sh $(BUILD)
 
 bench: all $(BENCH_BIN) $(BUILD)/tools/kafka_mock

@@ -583,10 +583,17 @@ int bus_kafka_produce(bus_kafka_producer *p, const bus_record *records, size_t n
     while (p->pending > 0) {
         rd_kafka_poll(p->rk, WAKE_SLICE_MS);
         int give_up = give_up_due(p);
-        if (!purged && p->pending > 0 && (give_up || util_now_ms() > deadline + REPORT_GRACE_MS)) {
+        /* A fatal error makes librdkafka purge its queues, but
+         * asynchronously: a record handed over while the error was being
+         * raised can miss that purge and wait, never sent, for
+         * message.timeout.ms (5 minutes by default). Purge again from here. */
+        char why[8];
+        int fatal = rd_kafka_fatal_error(p->rk, why, sizeof(why)) != RD_KAFKA_RESP_ERR_NO_ERROR;
+        if (!purged && p->pending > 0 &&
+            (give_up || fatal || util_now_ms() > deadline + REPORT_GRACE_MS)) {
             if (give_up)
                 LOG_WARN("kafka: giving up on %zu records not acknowledged yet", p->pending);
-            else
+            else if (!fatal)
                 LOG_WARN("kafka: %zu delivery reports missing past message.timeout.ms; purging",
                          p->pending);
             rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
@@ -616,10 +623,19 @@ int bus_kafka_producer_fatal(bus_kafka_producer *p, char *err, size_t errlen)
     return fatal_check(p->rk, "producer", err ? err : ignored, err ? errlen : sizeof(ignored)) != 0;
 }
 
+struct rd_kafka_s *bus_kafka_producer_handle(bus_kafka_producer *p)
+{
+    return p->rk;
+}
+
 void bus_kafka_producer_close(bus_kafka_producer *p)
 {
     if (!p)
         return;
+    /* after a fatal error nothing queued can be delivered: do not wait */
+    char why[8];
+    if (rd_kafka_fatal_error(p->rk, why, sizeof(why)) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
     if (rd_kafka_flush(p->rk, CLOSE_FLUSH_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
         LOG_WARN("kafka: %d records not delivered at close", rd_kafka_outq_len(p->rk));
     rd_kafka_destroy(p->rk);

@@ -65,7 +65,12 @@ int bus_kafka_produce(bus_kafka_producer *p, const bus_record *records, size_t n
 void bus_kafka_producer_give_up_at(bus_kafka_producer *p, int64_t deadline_ns);
 /* As bus_producer_fatal(): librdkafka's rd_kafka_fatal_error() is set. */
 int bus_kafka_producer_fatal(bus_kafka_producer *p, char *err, size_t errlen);
-/* As bus_producer_close(): flushes what is queued (up to 10 s). */
+/* The producer's librdkafka handle (rd_kafka_t), for tests that drive
+ * librdkafka directly (rd_kafka_test_fatal_error()); herald itself goes
+ * through the functions above. */
+struct rd_kafka_s *bus_kafka_producer_handle(bus_kafka_producer *p);
+/* As bus_producer_close(): flushes what is queued (up to 10 s; nothing
+ * after a fatal error, when nothing can be delivered). */
 void bus_kafka_producer_close(bus_kafka_producer *p);
 
 /* As bus_consumer_open(). */

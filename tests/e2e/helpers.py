@@ -102,7 +102,9 @@ class Proc:
         try:
             rc = self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.argv[:3]} did not exit within {timeout}s")
+            tail = list(self.err_lines)[-20:]
+            raise AssertionError(f"{self.argv[:3]} did not exit within {timeout}s; "
+                                 f"last stderr lines: {tail}")
         if self.ended is None:
             self.ended = time.monotonic()
         for t in self._threads:
