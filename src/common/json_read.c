@@ -86,7 +86,8 @@ static int on_boolean(void *ctx, int value)
 }
 
 /* jansson's rule: a number with '.', 'e' or 'E' is a real, any other an
- * integer; out of range is an error there, so it goes to jansson here. */
+ * integer; out of range is an error there, so it goes to jansson here.
+ * (herald never calls setlocale(): strtod() reads '.' as jansson does.) */
 static int on_number(void *ctx, const char *text, size_t len)
 {
     char buf[JSON_READ_MAX_NUMBER + 1];
