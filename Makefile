@@ -39,6 +39,8 @@ TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 BENCH_SRC := $(wildcard bench/*.c)
 BENCH_SHARED := $(wildcard bench/shared/*.c)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+# helpers for the unit tests and benchmarks (tests/support/*.h)
+SUPPORT_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/support/*.c))
 PYTHON := /usr/bin/python3
 
 .PHONY: all deps test unit e2e memcheck bench clean format up
@@ -65,17 +67,17 @@ $(BUILD)/libherald.a: $(LIB_OBJ)
 $(BUILD)/herald: $(CLI_OBJ) $(BUILD)/libherald.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libherald.a
+$(BUILD)/tests/%: tests/unit/%.c $(SUPPORT_OBJ) $(BUILD)/libherald.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS) -lcmocka -lcrypto
+	$(CC) $(CFLAGS) -Itests -o $@ $< $(SUPPORT_OBJ) $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS) -lcmocka -lcrypto
 
 $(BUILD)/tools/%: tests/tools/%.c $(BUILD)/libherald.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/bench/%: bench/%.c $(BENCH_SHARED) $(wildcard bench/shared/*.h) $(BUILD)/libherald.a
+$(BUILD)/bench/%: bench/%.c $(BENCH_SHARED) $(wildcard bench/shared/*.h) $(SUPPORT_OBJ) $(BUILD)/libherald.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -Ibench -o $@ $< $(BENCH_SHARED) $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Ibench -Itests -o $@ $< $(BENCH_SHARED) $(SUPPORT_OBJ) $(BUILD)/libherald.a $(LDFLAGS) $(LDLIBS)
 
 unit: all $(UNIT_BIN) $(BUILD)/tools/kafka_mock
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
@@ -97,7 +99,7 @@ bench: all $(BENCH_BIN) $(BUILD)/tools/kafka_mock
 	@scripts/bench.sh $(BUILD)
 
 format:
-	clang-format -i $(wildcard src/*/*.c src/*/*.h tests/*/*.c bench/*.c bench/shared/*.[ch])
+	clang-format -i $(wildcard src/*/*.c src/*/*.h tests/*/*.c tests/*/*.h bench/*.c bench/shared/*.[ch])
 
 clean:
 	rm -rf build build-asan

@@ -9,8 +9,9 @@
  *               [--kafka NAME=VALUE]... [--verbose]
  *
  * Every run starts a fresh mock cluster per figure (its own process,
- * posix_spawn; its "bootstrap" line is read from a pipe; it is stopped with
- * "quit" on its stdin and, should it not exit, SIGTERM to its PID) and a
+ * tests/support/kafka_mock_proc.c: its "bootstrap" line is read from a
+ * pipe; it is stopped with "quit" on its stdin and, should it not exit,
+ * SIGTERM to its PID) and a
  * fresh data directory D/relay-RUN, D/drain-RUN. D is removed only after
  * the last run: ext4 allocates inodes slowly right after many files were
  * deleted (recently_deleted() in a profile), and deleting one run's 10,000
@@ -67,21 +68,16 @@
 #include "event/event.h"
 #include "runtime/runtime.h"
 #include "shared/task_gen.h"
+#include "support/kafka_mock_proc.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <librdkafka/rdkafka.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-extern char **environ;
 
 #define MAX_RUNS 50
 #define DEFAULT_RELAY_BATCH 2000 /* outbox.c's default */
@@ -139,85 +135,15 @@ static void remove_dir(const char *dir)
         die("cannot remove", dir);
 }
 
-/* ---- the mock cluster, as its own process ------------------------------ */
-
-typedef struct mock {
-    pid_t pid;
-    int in_fd, out_fd; /* its stdin (we write), its stdout (we read) */
-    char bootstrap[1024];
-} mock;
+/* ---- the mock cluster, as its own process (tests/support) ------------- */
 
 /* Start mock_path with 3 brokers and the topics ("NAME:PARTITIONS"). */
-static void mock_start(mock *m, const char *mock_path, const char *const *topics, int ntopics)
+static void mock_start(kafka_mock_proc *m, const char *mock_path, const char *const *topics,
+                       int ntopics)
 {
-    int in[2], out[2];
-    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0)
-        die("pipe", strerror(errno));
-    const char *argv[32];
-    int argc = 0;
-    argv[argc++] = mock_path;
-    argv[argc++] = "--brokers";
-    argv[argc++] = "3";
-    for (int i = 0; i < ntopics && argc < 29; i++) {
-        argv[argc++] = "--topic";
-        argv[argc++] = topics[i];
-    }
-    argv[argc] = NULL;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], STDIN_FILENO);
-    posix_spawn_file_actions_adddup2(&fa, out[1], STDOUT_FILENO);
-    int rc = posix_spawn(&m->pid, mock_path, &fa, NULL, (char *const *)argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    close(in[0]);
-    close(out[1]);
-    if (rc != 0)
-        die(mock_path, strerror(rc));
-    m->in_fd = in[1];
-    m->out_fd = out[0];
-    /* read "bootstrap HOST:PORT,...\n" (10 s at most) */
-    char line[1100];
-    size_t used = 0;
-    int64_t deadline = util_monotonic_ns() + 10LL * 1000000000;
-    while (used < sizeof(line) - 1 && !memchr(line, '\n', used)) {
-        struct pollfd p = {.fd = m->out_fd, .events = POLLIN};
-        int left = (int)((deadline - util_monotonic_ns()) / 1000000);
-        if (left <= 0 || poll(&p, 1, left) <= 0)
-            die("kafka_mock", "no bootstrap line within 10 s");
-        ssize_t got = read(m->out_fd, line + used, sizeof(line) - 1 - used);
-        if (got <= 0)
-            die("kafka_mock", "exited before printing its bootstrap line");
-        used += (size_t)got;
-    }
-    line[used] = '\0';
-    char *nl = strchr(line, '\n');
-    if (!nl || strncmp(line, "bootstrap ", 10) != 0)
-        die("kafka_mock: unexpected first line", line);
-    *nl = '\0';
-    util_strlcpy(m->bootstrap, line + 10, sizeof(m->bootstrap));
-}
-
-/* Stop it: "quit" and EOF on stdin, then SIGTERM, then SIGKILL, by PID. */
-static void mock_stop(mock *m)
-{
-    static const char quit[] = "quit\n";
-    ssize_t ignored = write(m->in_fd, quit, sizeof(quit) - 1);
-    (void)ignored;
-    close(m->in_fd);
-    int status;
-    for (int i = 0; i < 300; i++) { /* 30 s, then signals */
-        if (waitpid(m->pid, &status, WNOHANG) == m->pid)
-            goto done;
-        if (i == 100)
-            kill(m->pid, SIGTERM);
-        if (i == 250)
-            kill(m->pid, SIGKILL);
-        util_sleep_us(100000);
-    }
-    waitpid(m->pid, &status, 0);
-done:
-    close(m->out_fd);
-    m->pid = 0;
+    char err[512];
+    if (kafka_mock_proc_start(m, mock_path, 3, topics, ntopics, err, sizeof(err)) != 0)
+        die("kafka_mock", err);
 }
 
 /* CPU seconds (user + system) used so far by process pid (0: this one). */
@@ -398,7 +324,7 @@ static void run_relay(const options *o, int run, double *relay_rate, double *pro
     snprintf(spec2, sizeof(spec2), "produce-bench:%d", o->partitions);
     const char *specs[] = {spec1, spec2};
     topic_spec topics[] = {{"task-events", o->partitions}, {"produce-bench", o->partitions}};
-    mock m;
+    kafka_mock_proc m;
     mock_start(&m, o->mock_path, specs, 2);
     char err[1024];
 
@@ -459,7 +385,7 @@ static void run_relay(const options *o, int run, double *relay_rate, double *pro
     *produce_start = (double)tp.first_ns / 1e9;
     bus_producer_close(tp.p);
     check_retention(m.bootstrap, topics, 2);
-    mock_stop(&m);
+    kafka_mock_proc_stop(&m);
 }
 
 /* The agents of the drain, their groups and the topics each reads
@@ -494,7 +420,7 @@ static void run_drain(const options *o, int run, double *drain_s, double *join_s
         specs[i] = specs_buf[i];
     }
     specs[T_COUNT] = "task-events.dlq:1";
-    mock m;
+    kafka_mock_proc m;
     mock_start(&m, o->mock_path, specs, T_COUNT + 1);
     char dir[4096];
     snprintf(dir, sizeof(dir), "%s/drain-%d", o->dir, run);
@@ -621,7 +547,7 @@ static void run_drain(const options *o, int run, double *drain_s, double *join_s
     bus_log_close(log);
     for (size_t a = 0; a < DRAIN_AGENTS; a++)
         rd_kafka_destroy(check[a]);
-    mock_stop(&m);
+    kafka_mock_proc_stop(&m);
 }
 
 static void usage(void)

@@ -29,6 +29,7 @@
 #include "bus/kafka.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "support/kafka_mock_proc.h"
 
 #include <librdkafka/rdkafka.h>
 #include <libgen.h>
@@ -38,7 +39,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -49,15 +49,7 @@
 #define MESSAGE_TIMEOUT_MS "20000"
 #define ROUND_LIMIT_MS 10000 /* a round that takes longer waited for the timeout */
 
-/* The mock cluster: its process and both ends of its control channel. */
-typedef struct mock_cluster {
-    pid_t pid;
-    FILE *in;  /* commands */
-    FILE *out; /* answers */
-    char bootstrap[512];
-} mock_cluster;
-
-static mock_cluster mock;
+static kafka_mock_proc mock;
 
 /* build/tools/kafka_mock: $HERALD_TOOLS, or next to this test's directory */
 static void kafka_mock_path(char *path, size_t len)
@@ -76,10 +68,9 @@ static void kafka_mock_path(char *path, size_t len)
 
 static void mock_command(const char *command, const char *expect_prefix)
 {
-    fprintf(mock.in, "%s\n", command);
-    fflush(mock.in);
-    char answer[512];
-    assert_non_null(fgets(answer, sizeof(answer), mock.out));
+    char answer[512], err[256];
+    if (kafka_mock_proc_command(&mock, command, answer, sizeof(answer), err, sizeof(err)) != 0)
+        fail_msg("%s", err);
     if (strncmp(answer, expect_prefix, strlen(expect_prefix)) != 0)
         fail_msg("kafka_mock answered '%s' to '%s'", answer, command);
 }
@@ -87,49 +78,20 @@ static void mock_command(const char *command, const char *expect_prefix)
 static int start_mock(void **state)
 {
     (void)state;
-    char path[PATH_MAX + 32];
+    char path[PATH_MAX + 32], err[512];
     kafka_mock_path(path, sizeof(path));
-    if (access(path, X_OK) != 0) {
-        fprintf(stderr, "missing %s (make build/tools/kafka_mock)\n", path);
+    static const char *const topics[] = {TOPIC ":1"};
+    if (kafka_mock_proc_start(&mock, path, 1, topics, 1, err, sizeof(err)) != 0) {
+        fprintf(stderr, "%s (make build/tools/kafka_mock)\n", err);
         return -1;
     }
-    int to_child[2], from_child[2];
-    if (pipe(to_child) != 0 || pipe(from_child) != 0)
-        return -1;
-    mock.pid = fork();
-    if (mock.pid < 0)
-        return -1;
-    if (mock.pid == 0) {
-        dup2(to_child[0], 0);
-        dup2(from_child[1], 1);
-        close(to_child[1]);
-        close(from_child[0]);
-        execl(path, path, "--brokers", "1", "--topic", TOPIC ":1", (char *)NULL);
-        _exit(127);
-    }
-    close(to_child[0]);
-    close(from_child[1]);
-    mock.in = fdopen(to_child[1], "w");
-    mock.out = fdopen(from_child[0], "r");
-    char line[512];
-    if (!fgets(line, sizeof(line), mock.out) || strncmp(line, "bootstrap ", 10) != 0)
-        return -1;
-    line[strcspn(line, "\n")] = '\0';
-    snprintf(mock.bootstrap, sizeof(mock.bootstrap), "%s", line + 10);
     return 0;
 }
 
 static int stop_mock(void **state)
 {
     (void)state;
-    if (mock.in)
-        fclose(mock.in); /* EOF: the tool stops and exits 0 */
-    if (mock.out)
-        fclose(mock.out);
-    int status = 0;
-    if (mock.pid > 0 && waitpid(mock.pid, &status, 0) == mock.pid)
-        return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
-    return -1;
+    return kafka_mock_proc_stop(&mock) == 0 ? 0 : -1;
 }
 
 /* The second thread: raise the fatal error once `threshold` records are
