@@ -2,14 +2,17 @@
 """Task API benchmark (make bench): POST /tasks with wrk.
 
 For each server -- a libmicrohttpd server that does no work (the ceiling on
-this machine, bench/noop_server.c), `herald api` (the Task API alone) and
-`herald up` (the API and every agent, all handling what wrk creates), both
-with synchronous=FULL -- runs wrk at 1 and 32 keep-alive connections, RUNS
-times each, the three servers taking turns, and prints the median
-requests/s, p50 and p99 latency with every run's value, and herald's share
-of the ceiling (of the medians, and run by run). Then the resident memory of
-`herald up` (peak and current). Each herald run starts on a fresh data
-directory.
+this machine, bench/noop_server.c), the same server answering only once the
+request body is fdatasync'ed in a group commit (the ceiling of any Task API
+that answers after a durable commit, bench/durable_noop.c), `herald api`
+(the Task API alone) and `herald up` (the API and every agent, all handling
+what wrk creates), both with synchronous=FULL -- runs wrk at 1 and 32
+keep-alive connections, RUNS times each, the servers taking turns, and
+prints the median requests/s, p50 and p99 latency with every run's value,
+and herald's share of both ceilings (of the medians, and run by run). Then
+the resident memory of `herald up` (peak and current). Each herald run
+starts on a fresh data directory, and the durable no-op writes into one on
+the same disk.
 
 Usage: api_bench.py BUILD_DIR [--runs N] [--seconds S]
 """
@@ -85,11 +88,15 @@ def run_server(kind, build, port, data):
     if kind == "noop":
         cmd = [os.path.join(build, "bench", "noop_server"), str(port)]
         env = os.environ.copy()
+    elif kind == "durable":
+        cmd = [os.path.join(build, "bench", "durable_noop"), str(port), "--dir", data]
+        env = os.environ.copy()
     else:
         cmd = [os.path.join(build, "herald"), kind]
         env = dict(os.environ, HERALD_LISTEN=f"127.0.0.1:{port}", HERALD_DATA_DIR=data,
                    HERALD_SYNC="full", HERALD_LOG_LEVEL="warn")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL if kind == "durable" else None)
     wait_port(port)
     return proc
 
@@ -120,9 +127,9 @@ def main():
     runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 5
     seconds = int(sys.argv[sys.argv.index("--seconds") + 1]) if "--seconds" in sys.argv else 5
     print(f"# Task API benchmark: wrk POST /tasks, {seconds} s per run, {runs} runs, medians")
-    print("# the servers take turns run by run (no-op, api, up, no-op, ...), so a change in")
-    print("# the machine's load during the benchmark weighs on all three alike")
-    kinds = ("noop", "api", "up")
+    print("# the servers take turns run by run (no-op, durable no-op, api, up, no-op, ...), so a change in")
+    print("# the machine's load during the benchmark weighs on all of them alike")
+    kinds = ("noop", "durable", "api", "up")
     results = {}
     peak = []
     for conns in (1, 32):
@@ -140,11 +147,13 @@ def main():
             medians[(kind, conns)] = report(f"{label} requests/s", rps, "req/s")
             report(f"{label} p50", p50, "ms", "{:.2f}")
             report(f"{label} p99", p99, "ms", "{:.2f}")
-    for kind in ("api", "up"):
+    for kind, ceiling in (("durable", "noop"), ("api", "noop"), ("up", "noop"),
+                          ("api", "durable"), ("up", "durable")):
         for conns in (1, 32):
-            ratio = medians[(kind, conns)] / medians[("noop", conns)]
-            pairs = [h[0] / n[0] for h, n in zip(results[(kind, conns)], results[("noop", conns)])]
-            print(f"herald {kind} / no-op ceiling at c={conns}: {ratio:.0%} (run by run: "
+            ratio = medians[(kind, conns)] / medians[(ceiling, conns)]
+            pairs = [h[0] / n[0] for h, n in zip(results[(kind, conns)], results[(ceiling, conns)])]
+            name = "durable no-op" if kind == "durable" else f"herald {kind}"
+            print(f"{name} / {ceiling} ceiling at c={conns}: {ratio:.0%} (run by run: "
                   + " ".join(f"{x:.0%}" for x in pairs) + ")")
     # up: the API and every agent (email in .eml mode, slack log-only, audit,
     # scheduler) handling what wrk creates
