@@ -84,12 +84,15 @@ def rss_kib(pid):
     return int(fields["VmHWM"].split()[0]), int(fields["VmRSS"].split()[0])
 
 
-def run_server(kind, build, port, data):
+def run_server(kind, build, port, data, durable_args=()):
+    """Start a server ("noop", "durable" with durable_noop's durable_args,
+    or a herald command: "api", "up") on port and wait until it listens."""
     if kind == "noop":
         cmd = [os.path.join(build, "bench", "noop_server"), str(port)]
         env = os.environ.copy()
     elif kind == "durable":
         cmd = [os.path.join(build, "bench", "durable_noop"), str(port), "--dir", data]
+        cmd += list(durable_args)
         env = os.environ.copy()
     else:
         cmd = [os.path.join(build, "herald"), kind]

@@ -15,12 +15,11 @@ Usage: durable_variants.py BUILD_DIR [--runs N] [--seconds S]
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import api_bench  # noqa: E402  (wrk, ports, stop)
+import api_bench  # noqa: E402  (servers, wrk, ports)
 
 # label: durable_noop's arguments after the port
 DURABLE_MODES = [
@@ -34,34 +33,19 @@ DURABLE_MODES = [
 ]
 
 
-def start(build, label, args, port, data):
-    if label == "noop":
-        cmd = [os.path.join(build, "bench", "noop_server"), str(port)]
-        env = os.environ.copy()
-    elif label == "herald api":
-        cmd = [os.path.join(build, "herald"), "api"]
-        env = dict(os.environ, HERALD_LISTEN=f"127.0.0.1:{port}", HERALD_DATA_DIR=data,
-                   HERALD_SYNC="full", HERALD_LOG_LEVEL="warn")
-    else:
-        cmd = [os.path.join(build, "bench", "durable_noop"), str(port), "--dir", data] + args
-        env = os.environ.copy()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    api_bench.wait_port(port)
-    return proc
-
-
 def main():
     build = sys.argv[1] if len(sys.argv) > 1 else "build"
     runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 5
     seconds = int(sys.argv[sys.argv.index("--seconds") + 1]) if "--seconds" in sys.argv else 5
     servers = [("noop", [])] + DURABLE_MODES + [("herald api", [])]
+    kinds = {"noop": "noop", "herald api": "api"}
     results = {label: [] for label, _ in servers}
     print(f"# wrk -t2 -c32 -d{seconds}s POST /tasks, {runs} rounds, servers in turn")
     for _ in range(runs):
         for label, args in servers:
             data = tempfile.mkdtemp(prefix="herald-durable-")
             port = api_bench.free_port()
-            proc = start(build, label, args, port, data)
+            proc = api_bench.run_server(kinds.get(label, "durable"), build, port, data, args)
             try:
                 results[label].append(api_bench.wrk(port, 32, seconds))
             finally:
