@@ -34,11 +34,17 @@
  *                      HERALD_HTTP_POLLER=epoll)
  *   --batch-bytes B    write at least B bytes per batch (herald's commits
  *                      write 8-10 KB of WAL per task): what the bytes cost
+ *   --http-work NS     keep the HTTP thread busy NS ns per request before
+ *                      queueing it (herald's parse, validation, encoding)
+ *   --writer-work NS[,BATCH_NS]
+ *                      keep the writer busy NS ns per request, plus
+ *                      BATCH_NS per batch, before the write (herald's SQL)
  *   --dir D            where the file is (default .); the disk under test
  *
  * Usage: durable_noop PORT [--sync fdatasync|none] [--pipeline] [--threads N]
  *                          [--thread-per-connection] [--epoll]
- *                          [--batch-bytes B] [--dir D]
+ *                          [--batch-bytes B] [--http-work NS]
+ *                          [--writer-work NS[,BATCH_NS]] [--dir D]
  * Stops on SIGTERM/SIGINT and prints "batches N requests M" on stderr.
  */
 #include <arpa/inet.h>
@@ -49,6 +55,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define FILE_SPAN (64L * 1024 * 1024)
@@ -79,6 +86,20 @@ static queue to_syncer = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, N
 static int sync_fd = -1; /* -1: --sync none */
 static int pipeline, per_connection, use_epoll;
 static size_t batch_bytes; /* --batch-bytes: write at least this much per batch */
+/* --http-work, --writer-work: CPU spent per request (and per batch), ns */
+static long http_work_ns, writer_work_ns, writer_batch_work_ns;
+
+/* Keep the CPU busy for ns nanoseconds (a stand-in for real work). */
+static void busy_for(long ns)
+{
+    if (ns <= 0)
+        return;
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    while ((now.tv_sec - start.tv_sec) * 1000000000L + (now.tv_nsec - start.tv_nsec) < ns);
+}
 static unsigned long long batches, answered;
 
 static void push(queue *q, request *first, request *last)
@@ -137,6 +158,7 @@ static void *writer_main(void *arg)
     request *batch;
     while ((batch = take_all(&to_writer)) != NULL) {
         batches++;
+        unsigned long long answered_before = answered;
         size_t len = 0;
         request *last = batch;
         for (request *r = batch; r; r = r->next) {
@@ -149,6 +171,8 @@ static void *writer_main(void *arg)
         }
         if (len < batch_bytes)
             len = batch_bytes;
+        /* herald's SQL runs here, before its commit's write and fsync */
+        busy_for(writer_batch_work_ns + writer_work_ns * (long)(answered - answered_before));
         if (sync_fd >= 0) {
             if (offset + (off_t)len > FILE_SPAN)
                 offset = 0;
@@ -242,6 +266,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         return MHD_YES;
     }
+    if (!r->queued && !r->done)
+        busy_for(http_work_ns); /* herald parses, validates and encodes here */
     if (per_connection) {
         commit_in_group(r);
     } else if (!r->queued) {
@@ -282,7 +308,8 @@ int main(int argc, char **argv)
     if (argc < 2) {
         fprintf(stderr,
                 "usage: durable_noop PORT [--sync fdatasync|none] [--pipeline] [--threads N] "
-                "[--thread-per-connection] [--epoll] [--batch-bytes B] [--dir D]\n");
+                "[--thread-per-connection] [--epoll] [--batch-bytes B] [--http-work NS] "
+                "[--writer-work NS[,BATCH_NS]] [--dir D]\n");
         return 2;
     }
     unsigned threads = 1;
@@ -297,6 +324,12 @@ int main(int argc, char **argv)
                 return 2;
             }
             batch_bytes = (size_t)n;
+        } else if (strcmp(argv[i], "--http-work") == 0 && i + 1 < argc) {
+            http_work_ns = atol(argv[++i]);
+        } else if (strcmp(argv[i], "--writer-work") == 0 && i + 1 < argc) {
+            char *comma;
+            writer_work_ns = strtol(argv[++i], &comma, 10);
+            writer_batch_work_ns = *comma == ',' ? atol(comma + 1) : 0;
         } else if (strcmp(argv[i], "--epoll") == 0)
             use_epoll = 1;
         else if (strcmp(argv[i], "--thread-per-connection") == 0)

@@ -7,7 +7,9 @@ bench/durable_noop.c (a server that answers only once the body is
 fdatasync'ed in a group commit, doing nothing else) and against `herald api`
 (synchronous=FULL), RUNS rounds, the servers taking turns within a round,
 and prints each one's median requests/s and p99 and its share of the no-op
-ceiling, run by run. It is not part of make bench (it takes ~RUNS x 45 s);
+ceiling, run by run; then the durable no-op again with herald's own costs
+added (CPU on the HTTP thread and the writer, WAL bytes per commit), to
+show what each one takes. It is not part of make bench (~RUNS x 70 s);
 docs/benchmarks.md records its output.
 
 Usage: durable_variants.py BUILD_DIR [--runs N] [--seconds S]
@@ -30,6 +32,13 @@ DURABLE_MODES = [
     ("durable: thread per connection, leader commits", ["--thread-per-connection"]),
     ("durable: 128 KiB written per batch (as herald)", ["--batch-bytes", "131072"]),
     ("hand-off only: no write, no fsync", ["--sync", "none"]),
+    # herald's own costs added one by one (measured: ~8 µs of handler CPU
+    # per create on the HTTP thread; ~13 µs of SQLite per create and ~37 µs
+    # per commit on the writer; ~123 KB of WAL per commit of ~12 creates)
+    ("durable + 8 us HTTP work per request", ["--http-work", "8000"]),
+    ("durable + 13 us/request + 37 us/batch writer work", ["--writer-work", "13000,37000"]),
+    ("durable + all three of herald's costs", ["--http-work", "8000", "--writer-work",
+                                                "13000,37000", "--batch-bytes", "131072"]),
 ]
 
 
