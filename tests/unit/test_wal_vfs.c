@@ -16,6 +16,7 @@
 
 #include <cmocka.h>
 
+#include <poll.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -228,7 +229,10 @@ static void test_kill_9_keeps_every_returned_commit(void **state)
             run_committer(f->path, round % 2 ? "NORMAL" : "FULL", fds[1]);
         }
         close(fds[1]);
-        /* let it commit for a while (a different moment each round) */
+        /* its first commit (under valgrind on a busy machine that can take
+         * longer than any fixed pause), then a different moment each round */
+        struct pollfd first = {.fd = fds[0], .events = POLLIN};
+        assert_int_equal(poll(&first, 1, 60000), 1);
         struct timespec pause = {0, (long)(60 + 37 * round) * 1000000L};
         nanosleep(&pause, NULL);
         kill(pid, SIGKILL);
