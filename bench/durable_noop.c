@@ -150,47 +150,59 @@ static void *syncer_main(void *arg)
     return NULL;
 }
 
+/*
+ * One batch's share of the commit, by whichever thread commits it (the
+ * writer, or the leading handler with --thread-per-connection): the writer
+ * work (herald's SQL), the bodies (padded to --batch-bytes) written at
+ * *offset with one pwrite, and with `sync` their fdatasync. Counts the
+ * batch and its requests; returns the batch's last request.
+ */
+static request *write_batch(request *batch, off_t *offset, int sync)
+{
+    static char buf[BATCH_BUFFER];
+    size_t len = 0;
+    long n = 0;
+    request *last = batch;
+    for (request *r = batch; r; r = r->next, n++) {
+        last = r;
+        if (len + r->len <= sizeof(buf)) {
+            memcpy(buf + len, r->body, r->len);
+            len += r->len;
+        }
+    }
+    batches++;
+    answered += (unsigned long long)n;
+    if (len < batch_bytes)
+        len = batch_bytes;
+    /* herald's SQL runs here, before its commit's write and fsync */
+    busy_for(writer_batch_work_ns + writer_work_ns * n);
+    if (sync_fd < 0)
+        return last;
+    if (*offset + (off_t)len > FILE_SPAN)
+        *offset = 0;
+    if (pwrite(sync_fd, buf, len, *offset) != (ssize_t)len) {
+        perror("durable_noop: pwrite");
+        exit(1);
+    }
+    *offset += (off_t)len;
+    if (sync && fdatasync(sync_fd) != 0) {
+        perror("durable_noop: fdatasync");
+        exit(1);
+    }
+    return last;
+}
+
 static void *writer_main(void *arg)
 {
     (void)arg;
-    static char buf[BATCH_BUFFER];
     off_t offset = 0;
     request *batch;
     while ((batch = take_all(&to_writer)) != NULL) {
-        batches++;
-        unsigned long long answered_before = answered;
-        size_t len = 0;
-        request *last = batch;
-        for (request *r = batch; r; r = r->next) {
-            answered++;
-            last = r;
-            if (len + r->len <= sizeof(buf)) {
-                memcpy(buf + len, r->body, r->len);
-                len += r->len;
-            }
-        }
-        if (len < batch_bytes)
-            len = batch_bytes;
-        /* herald's SQL runs here, before its commit's write and fsync */
-        busy_for(writer_batch_work_ns + writer_work_ns * (long)(answered - answered_before));
-        if (sync_fd >= 0) {
-            if (offset + (off_t)len > FILE_SPAN)
-                offset = 0;
-            if (pwrite(sync_fd, buf, len, offset) != (ssize_t)len) {
-                perror("durable_noop: pwrite");
-                exit(1);
-            }
-            offset += (off_t)len;
-            if (pipeline) {
-                push(&to_syncer, batch, last);
-                continue;
-            }
-            if (fdatasync(sync_fd) != 0) {
-                perror("durable_noop: fdatasync");
-                exit(1);
-            }
-        }
-        resume_all(batch);
+        request *last = write_batch(batch, &offset, !pipeline);
+        if (pipeline && sync_fd >= 0)
+            push(&to_syncer, batch, last);
+        else
+            resume_all(batch);
     }
     return NULL;
 }
@@ -218,30 +230,10 @@ static void commit_in_group(request *r)
         request *batch = group_head;
         group_head = NULL;
         pthread_mutex_unlock(&group_lock);
-        static char buf[BATCH_BUFFER];
-        size_t len = 0;
-        for (request *b = batch; b; b = b->next) {
-            if (len + b->len <= sizeof(buf)) {
-                memcpy(buf + len, b->body, b->len);
-                len += b->len;
-            }
-        }
-        if (sync_fd >= 0) {
-            if (group_offset + (off_t)len > FILE_SPAN)
-                group_offset = 0;
-            if (pwrite(sync_fd, buf, len, group_offset) != (ssize_t)len ||
-                fdatasync(sync_fd) != 0) {
-                perror("durable_noop: write");
-                exit(1);
-            }
-            group_offset += (off_t)len;
-        }
+        write_batch(batch, &group_offset, 1);
         pthread_mutex_lock(&group_lock);
-        batches++;
-        for (request *b = batch; b; b = b->next) {
-            answered++;
+        for (request *b = batch; b; b = b->next)
             b->done = 1;
-        }
         group_leader_busy = 0;
         pthread_cond_broadcast(&group_done);
     }
